@@ -1,0 +1,51 @@
+"""System checks that explain misconfiguration (``manage.py check``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core import checks
+
+
+def register() -> None:
+    checks.register(check_database, checks.Tags.database)
+    checks.register(check_settings)
+
+
+def check_database(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    from django.db import connections, router
+
+    from .models import Run
+
+    alias = router.db_for_write(Run)
+    settings_dict = connections[alias].settings_dict
+    errors: list[checks.CheckMessage] = []
+    if connections[alias].vendor == "sqlite":
+        mode = settings_dict.get("OPTIONS", {}).get("transaction_mode")
+        if mode != "IMMEDIATE":
+            errors.append(
+                checks.Warning(
+                    "SQLite without OPTIONS['transaction_mode'] = 'IMMEDIATE': concurrent "
+                    "workers can hit 'database is locked'.",
+                    hint="Use django_tasks_live.sqlite.recommended_options() in DATABASES.",
+                    id="tasks_live.W001",
+                )
+            )
+    return errors
+
+
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    from django.conf import settings
+
+    from .conf import DEFAULTS
+
+    errors: list[checks.CheckMessage] = []
+    user = getattr(settings, "TASKS_LIVE", {})
+    if not isinstance(user, dict):
+        return [checks.Error("TASKS_LIVE must be a dict.", id="tasks_live.E001")]
+    for key in sorted(set(user) - set(DEFAULTS)):
+        errors.append(
+            checks.Error(f"Unknown TASKS_LIVE setting {key!r}.", id="tasks_live.E002",
+                         hint=f"Known settings: {', '.join(sorted(DEFAULTS))}.")
+        )
+    return errors

@@ -1,0 +1,61 @@
+"""Settings of django-tasks-live, read from ``settings.TASKS_LIVE`` with defaults.
+
+Read at call time (not import time) so ``override_settings`` works in tests.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+
+DEFAULTS: dict[str, Any] = {
+    # Progress: persisted at most every N seconds per run; the last value is always persisted.
+    "PROGRESS_PERSIST_INTERVAL": 0.25,
+    # Progress: pushed to the channel layer at most every N seconds per run.
+    "PROGRESS_PUSH_INTERVAL": 0.1,
+    # How often ctx.is_canceled() re-reads the run's status from the database.
+    "CANCEL_CHECK_INTERVAL": 0.5,
+    # Seconds a cooperative handler gets after a cancel request or a timeout before it is killed.
+    "KILL_GRACE": 5.0,
+    # Default per-run timeout in seconds (None: no timeout).
+    "DEFAULT_TIMEOUT": None,
+    # Worker heartbeat period and the age after which a silent worker counts as lost.
+    "HEARTBEAT_INTERVAL": 5.0,
+    "HEARTBEAT_TIMEOUT": 30.0,
+    # Idle poll period of the worker (PostgreSQL also wakes it through LISTEN/NOTIFY).
+    "POLL_INTERVAL": 0.05,
+    "PG_POLL_INTERVAL": 1.0,
+    # Runs claimed per round trip at most.
+    "CLAIM_BATCH": 50,
+    # Backoff base and cap in seconds for retries.
+    "RETRY_BACKOFF_BASE": 1.0,
+    "RETRY_BACKOFF_MAX": 3600.0,
+    # Missed cron fire times after downtime: "latest" (one catch-up run) or "skip".
+    "SCHEDULE_MISSED": "latest",
+    # Retention: keep the newest N terminal runs per task and/or runs newer than D days.
+    "RETENTION_KEEP_LAST": None,
+    "RETENTION_DAYS": None,
+    # The SSE stream.
+    "SSE_SNAPSHOT_LIMIT": 100,
+    "SSE_HEARTBEAT_INTERVAL": 15.0,
+    "SSE_RETRY_MS": 2000,
+    "SSE_QUEUE_SIZE": 1000,
+    "SSE_MAX_FILTER_VALUES": 50,
+    "SSE_AUTHORIZE": "django_tasks_live.authz.default_authorize",
+    # Browser client reconnect policy (rendered into the page by the template tags).
+    "CLIENT_RECONNECT_INITIAL_MS": 500,
+    "CLIENT_RECONNECT_MAX_MS": 15000,
+    "CLIENT_RECONNECT_MAX_RETRIES": None,
+    # Start an in-process worker thread from the web process (development only).
+    "EMBEDDED_WORKER": False,
+    # Modules imported at start-up so their @task handlers register ("<app>.tasks" is automatic).
+    "TASK_MODULES": [],
+}
+
+
+def get(name: str) -> Any:
+    """Return the setting ``name`` from ``TASKS_LIVE``, else its default."""
+    if name not in DEFAULTS:
+        raise KeyError(f"Unknown django-tasks-live setting {name!r}")
+    return getattr(settings, "TASKS_LIVE", {}).get(name, DEFAULTS[name])

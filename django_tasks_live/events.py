@@ -1,0 +1,102 @@
+"""Publishing run events: persisted first (by :mod:`store`), pushed after commit.
+
+The database (``RunEvent``) is the truth and the replay source; the channel layer is
+only the fast path, so a push that is lost costs latency, never an event.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from django.db import transaction
+
+logger = logging.getLogger(__name__)
+
+GROUP = "tasks_live"
+MESSAGE_TYPE = "tasks_live.event"
+
+
+def message(event_id: int | None, kind: str, state: dict[str, Any]) -> dict[str, Any]:
+    """The channel-layer message for one event (``id`` None for push-only progress)."""
+    return {"type": MESSAGE_TYPE, "id": event_id, "kind": kind, "run": state}
+
+
+def publish(messages: Iterable[dict[str, Any]], using: str = "default") -> None:
+    """Push ``messages`` to the channel layer once the current transaction commits."""
+    batch = list(messages)
+    if batch:
+        transaction.on_commit(lambda: pusher.push(batch), using=using)
+
+
+def push_now(messages: Iterable[dict[str, Any]]) -> None:
+    """Push without persisting (coalesced progress between two persisted updates)."""
+    pusher.push(list(messages))
+
+
+class _Pusher:
+    """One background thread per process sends to the channel layer.
+
+    The runner never waits on the layer: a slow or absent layer must not slow tasks.
+    The queue is bounded; when it is full new pushes are dropped, which subscribers
+    notice as a gap in event ids and fill from the database.
+    """
+
+    def __init__(self, maxsize: int = 10_000) -> None:
+        self._queue: queue.Queue[list[dict[str, Any]]] = queue.Queue(maxsize)
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._layer_checked = False
+        self._enabled = True
+
+    def push(self, batch: list[dict[str, Any]]) -> None:
+        if not self._enabled or not batch:
+            return
+        self._ensure_thread()
+        try:
+            self._queue.put_nowait(batch)
+        except queue.Full:
+            logger.warning("tasks_live: push queue full, %d events left to replay", len(batch))
+
+    def _ensure_thread(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="tasks-live-pusher", daemon=True
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        # A loop owned by this daemon thread; blocking get() keeps interpreter exit free.
+        import asyncio
+
+        from channels.layers import get_channel_layer
+
+        layer = get_channel_layer()
+        if layer is None:
+            self._enabled = False
+            return
+        loop = asyncio.new_event_loop()
+        while True:
+            batch = self._queue.get()
+            for msg in batch:
+                try:
+                    loop.run_until_complete(layer.group_send(GROUP, msg))
+                except Exception:  # the layer is best effort; the DB has the event
+                    logger.exception("tasks_live: channel layer push failed")
+
+    def flush(self, timeout: float = 2.0) -> None:
+        """Wait until queued pushes were handed to the layer (used at worker exit)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while not self._queue.empty() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+pusher = _Pusher()

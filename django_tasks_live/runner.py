@@ -1,0 +1,165 @@
+"""Run one claimed run: call its handler with a context, then record the outcome.
+
+``execute(run_id)`` is the seam other engines (django-q2) drive; the built-in worker
+calls it in its executor processes, which also enforce hard time limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import random
+import time
+import traceback
+from typing import Any
+
+from django.utils import timezone
+
+from . import conf, store
+from .context import Canceled, TaskContext, TaskTimeout
+from .models import Run
+from .registry import TaskSpec, UnknownTask, registry
+from .states import CLAIMABLE, Status
+
+logger = logging.getLogger(__name__)
+
+
+def resolve(run: Run) -> TaskSpec:
+    """The handler of a run: only registered handlers (and ``django.tasks`` tasks) run."""
+    if run.kind == "django":
+        from .backends import resolve_django_task
+
+        return resolve_django_task(run.task_name)
+    return registry.get(run.task_name)
+
+
+def effective_timeout(run: Run, spec: TaskSpec | None) -> float | None:
+    return run.timeout or (spec.timeout if spec else None) or conf.get("DEFAULT_TIMEOUT")
+
+
+def backoff_delay(spec: TaskSpec, attempt: int) -> float:
+    """Seconds before retry number ``attempt`` (1-based), with ±25% jitter."""
+    base = spec.backoff_base if spec.backoff_base is not None else conf.get("RETRY_BACKOFF_BASE")
+    factor = {"fixed": 1, "linear": attempt, "exponential": 2 ** (attempt - 1)}[spec.backoff]
+    delay = min(base * factor, conf.get("RETRY_BACKOFF_MAX"))
+    return max(0.0, delay * random.uniform(0.75, 1.25))
+
+
+def execute(run_id: int, worker_id: str = "inline") -> Run | None:
+    """Execute run ``run_id`` and record its outcome; returns the finished run.
+
+    A run that is still claimable is claimed first (for engines that hand over ids);
+    a run in any other status than running is left alone (returns None).
+    """
+    run = store.get_run(run_id)
+    if run.status in CLAIMABLE:
+        run = store.claim_run(run_id, worker_id)
+        if run is None:
+            return None
+    if run.status != Status.RUNNING:
+        return None
+    try:
+        spec = resolve(run)
+    except UnknownTask as exc:
+        return store.transition_if(
+            run.pk, Status.FAILED, error=str(exc), error_type="UnknownTask",
+            worker_ids=[*run.worker_ids, run.worker_id],
+        )
+    timeout = effective_timeout(run, spec)
+    ctx = TaskContext(
+        run.pk, task=run.task_name, attempt=run.attempt, max_attempts=run.max_attempts,
+        labels=run.labels, steps=run.steps,
+        deadline=time.monotonic() + timeout if timeout else None,
+    )
+    _django_signal(run, "started")
+    token = ctx.bind()
+    try:
+        result = _call(spec, ctx, run, timeout)
+    except Canceled:
+        return _finish(run, ctx, Status.CANCELED)
+    except (TaskTimeout, TimeoutError) as exc:
+        return _finish(run, ctx, Status.TIMED_OUT, exc=exc)
+    except Exception as exc:
+        return _fail_or_retry(run, ctx, spec, exc)
+    finally:
+        ctx.unbind(token)
+    try:
+        json.dumps(result, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        bad = TypeError(f"Task {run.task_name!r} returned a value that is not JSON: {exc}")
+        return _finish(run, ctx, Status.FAILED, exc=bad)
+    return _finish(run, ctx, Status.COMPLETED, result=result)
+
+
+def _call(spec: TaskSpec, ctx: TaskContext, run: Run, timeout: float | None) -> Any:
+    args, kwargs = list(run.args), dict(run.kwargs)
+    if spec.is_async:
+        async def main() -> Any:
+            # wait_for cancels the coroutine at its next await once the limit passes.
+            return await asyncio.wait_for(spec.func(ctx, *args, **kwargs), timeout)
+
+        return asyncio.run(main())
+    return spec.func(ctx, *args, **kwargs)
+
+
+def _error_fields(run: Run, exc: BaseException) -> dict[str, Any]:
+    exc_type = type(exc)
+    type_path = f"{exc_type.__module__}.{exc_type.__qualname__}"
+    tb = "".join(traceback.format_exception(exc))
+    entry = {
+        "attempt": run.attempt,
+        "type": type_path,
+        "message": str(exc)[:2000],
+        "traceback": tb[-20_000:],
+        "worker": run.worker_id,
+        "at": timezone.now().isoformat(),
+    }
+    return {
+        "error": str(exc)[:2000] or exc_type.__name__,
+        "error_type": type_path,
+        "traceback": tb[-20_000:],
+        "errors": [*run.errors, entry],
+    }
+
+
+def _finish(
+    run: Run,
+    ctx: TaskContext,
+    target: Status,
+    *,
+    exc: BaseException | None = None,
+    result: Any = None,
+    extra: dict[str, Any] | None = None,
+) -> Run | None:
+    fields: dict[str, Any] = ctx.final_fields(success=target == Status.COMPLETED)
+    fields["worker_ids"] = [*run.worker_ids, run.worker_id]
+    if target == Status.COMPLETED:
+        fields["result"] = result
+    if exc is not None:
+        fields.update(_error_fields(run, exc))
+    fields.update(extra or {})
+    finished = store.transition_if(run.pk, target, **fields)
+    if finished is None:
+        logger.warning("Run %s was ended elsewhere before it could become %s", run.pk, target)
+        return None
+    _django_signal(finished, "finished")
+    return finished
+
+
+def _fail_or_retry(run: Run, ctx: TaskContext, spec: TaskSpec, exc: Exception) -> Run | None:
+    retryable = not spec.retry_on or isinstance(exc, spec.retry_on)
+    if retryable and run.attempt < run.max_attempts:
+        delay = backoff_delay(spec, run.attempt)
+        logger.info("Run %s attempt %s failed (%r); retry in %.1fs", run.pk, run.attempt, exc, delay)
+        run_after = timezone.now() + dt.timedelta(seconds=delay)
+        return _finish(run, ctx, Status.RETRYING, exc=exc, extra={"run_after": run_after})
+    return _finish(run, ctx, Status.FAILED, exc=exc)
+
+
+def _django_signal(run: Run, which: str) -> None:
+    if run.kind == "django":
+        from .backends import send_signal
+
+        send_signal(run, which)

@@ -1,0 +1,446 @@
+"""The persistence layer: every query on runs, their events, workers and schedules.
+
+Views, the worker, the runner and the stream go through these functions. Each write
+appends ``RunEvent`` rows in the same transaction and hands them to
+:func:`events.publish`, which pushes them to the channel layer after commit.
+Claims run in short transactions; handlers never run inside one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import IntegrityError, connections, router, transaction
+from django.db.models import F, Q, QuerySet
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from . import events
+from .models import Run, RunEvent, Schedule, Task, Worker
+from .states import ACTIVE, ALLOWED_FROM, CLAIMABLE, TERMINAL, IllegalTransition, Status
+
+NOTIFY_CHANNEL = "tasks_live_new"
+
+
+def _db() -> str:
+    return router.db_for_write(Run)
+
+
+def _is_postgres(using: str | None = None) -> bool:
+    return connections[using or _db()].vendor == "postgresql"
+
+
+@dataclass
+class NewRun:
+    """What it takes to insert one run (validated by the api before it gets here)."""
+
+    task_name: str
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    kind: str = "live"
+    backend: str = ""
+    queue: str = "default"
+    priority: int = 0
+    run_after: dt.datetime | None = None
+    timeout: float | None = None
+    max_attempts: int = 1
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
+    concurrency_key: str = ""
+    unique_key: str | None = None
+    rerun_of_id: int | None = None
+    schedule_id: int | None = None
+    fire_time: dt.datetime | None = None
+    owner_id: int | None = None
+
+
+def _event(run: Run, kind: str) -> RunEvent:
+    return RunEvent(run=run, kind=kind, status=run.status, data=run.to_state())
+
+
+def _save_events(evs: list[RunEvent], using: str) -> None:
+    RunEvent.objects.using(using).bulk_create(evs)
+    events.publish((events.message(ev.pk, ev.kind, ev.data) for ev in evs), using=using)
+
+
+# ---------------------------------------------------------------- creating runs
+
+
+def create_runs(new_runs: Sequence[NewRun]) -> list[Run]:
+    """Insert pending runs and their ``created`` events in one transaction."""
+    using = _db()
+    now = timezone.now()
+    rows = [
+        Run(
+            **{k: v for k, v in vars(new).items() if k != "run_after"},
+            run_after=new.run_after or now,
+            created_at=now,
+            updated_at=now,
+        )
+        for new in new_runs
+    ]
+    with transaction.atomic(using=using):
+        created = Run.objects.using(using).bulk_create(rows)
+        if any(run.pk is None for run in created):  # backends without RETURNING
+            raise RuntimeError("django-tasks-live needs a database that returns inserted ids.")
+        _save_events([_event(run, "created") for run in created], using)
+        _wake_workers({run.queue for run in created}, using)
+    return created
+
+
+def create_run_once(new: NewRun) -> Run | None:
+    """Insert a run unless a uniqueness rule (schedule fire time, unique key) forbids it."""
+    using = _db()
+    try:
+        with transaction.atomic(using=using):
+            return create_runs([new])[0]
+    except IntegrityError:
+        return None
+
+
+def _wake_workers(queues: Iterable[str], using: str) -> None:
+    if _is_postgres(using):
+        with connections[using].cursor() as cursor:
+            for queue in queues:
+                cursor.execute("SELECT pg_notify(%s, %s)", [NOTIFY_CHANNEL, queue])
+
+
+# ---------------------------------------------------------------- reading runs
+
+
+def get_run(run_id: int) -> Run:
+    return Run.objects.using(_db()).get(pk=run_id)
+
+
+def runs(
+    *,
+    task: Iterable[str] | None = None,
+    status: Iterable[str] | None = None,
+    run_ids: Iterable[int] | None = None,
+    labels: dict[str, str] | None = None,
+    owner_id: int | None = None,
+) -> QuerySet[Run]:
+    """Runs matching the filters, newest first (the listing the admin and stream use)."""
+    qs = Run.objects.using(_db()).order_by("-id")
+    if task:
+        qs = qs.filter(task_name__in=list(task))
+    if status:
+        qs = qs.filter(status__in=list(status))
+    if run_ids:
+        qs = qs.filter(pk__in=list(run_ids))
+    for key, value in (labels or {}).items():
+        qs = qs.filter(**{f"labels__{key}": value})
+    if owner_id is not None:
+        qs = qs.filter(owner_id=owner_id)
+    return qs
+
+
+def statuses(run_ids: Iterable[int]) -> dict[int, str]:
+    return dict(Run.objects.using(_db()).filter(pk__in=list(run_ids)).values_list("id", "status"))
+
+
+def events_after(event_id: int, run_qs: QuerySet[Run] | None = None, limit: int = 1000) -> list[RunEvent]:
+    """Events newer than ``event_id`` in id order, optionally only for runs in ``run_qs``."""
+    qs = RunEvent.objects.using(_db()).filter(pk__gt=event_id).order_by("id")
+    if run_qs is not None:
+        qs = qs.filter(run__in=run_qs.order_by().values("id"))
+    return list(qs[:limit])
+
+
+def oldest_event_id() -> int | None:
+    return RunEvent.objects.using(_db()).order_by("id").values_list("id", flat=True).first()
+
+
+def latest_event_id() -> int:
+    return RunEvent.objects.using(_db()).order_by("-id").values_list("id", flat=True).first() or 0
+
+
+# ---------------------------------------------------------------- transitions
+
+
+def transition(run_id: int, target: Status, **fields: Any) -> Run:
+    """Move one run to ``target``, saving only ``fields`` and the status; append an event.
+
+    Raises :class:`IllegalTransition` if the lifecycle forbids the move from the run's
+    current status (read under a row lock, so concurrent moves are serialized).
+    """
+    using = _db()
+    with transaction.atomic(using=using):
+        run = _locked(run_id, using)
+        if run is None:
+            raise Run.DoesNotExist(f"Run {run_id} does not exist.")
+        if run.status not in ALLOWED_FROM[target]:
+            raise IllegalTransition(run_id, run.status, target)
+        return _apply(run, target, fields, using)
+
+
+def transition_if(run_id: int, target: Status, **fields: Any) -> Run | None:
+    """Like :func:`transition` but returns None instead of raising on an illegal move."""
+    try:
+        return transition(run_id, target, **fields)
+    except IllegalTransition:
+        return None
+
+
+def _apply(run: Run, target: Status, fields: dict[str, Any], using: str) -> Run:
+    now = timezone.now()
+    fields = {**fields, "status": target, "updated_at": now}
+    if target in TERMINAL:
+        fields.setdefault("finished_at", now)
+    for name, value in fields.items():
+        setattr(run, name, value)
+    run.save(using=using, update_fields=list(fields))
+    _save_events([_event(run, "status")], using)
+    return run
+
+
+def save_progress(run_id: int, push: bool = True, **fields: Any) -> str | None:
+    """Persist progress fields of an active run with a ``progress`` event.
+
+    Returns the run's status (so the caller notices a cancel request), or None if the
+    run is no longer active (then nothing is written).
+    """
+    using = _db()
+    with transaction.atomic(using=using):
+        run = _locked(run_id, using)
+        if run is None or run.status not in ACTIVE:
+            return run.status if run else None
+        fields["updated_at"] = timezone.now()
+        for name, value in fields.items():
+            setattr(run, name, value)
+        run.save(using=using, update_fields=list(fields))
+        _save_events([_event(run, "progress")], using)
+    return run.status
+
+
+# ---------------------------------------------------------------- claiming
+
+
+def claim(worker_id: str, queues: Sequence[str] | None, limit: int) -> list[Run]:
+    """Claim up to ``limit`` due runs for ``worker_id`` in one short transaction.
+
+    PostgreSQL: ``FOR UPDATE SKIP LOCKED`` so concurrent workers never block or share.
+    SQLite: the transaction takes the write lock at BEGIN (``transaction_mode``
+    IMMEDIATE), and the UPDATE re-checks the status so a run is never claimed twice.
+    """
+    using = _db()
+    now = timezone.now()
+    with transaction.atomic(using=using):
+        due = Run.objects.using(using).filter(status__in=sorted(CLAIMABLE), run_after__lte=now)
+        if queues:
+            due = due.filter(queue__in=list(queues))
+        ids = list(
+            due.order_by("-priority", "run_after", "id")
+            .select_for_update(skip_locked=True)
+            .values_list("id", flat=True)[:limit]
+        )
+        if not ids:
+            return []
+        return _mark_running(ids, worker_id, now, using)
+
+
+def claim_run(run_id: int, worker_id: str) -> Run | None:
+    """Claim one specific run (engines that deliver run ids themselves, e.g. django-q2)."""
+    using = _db()
+    now = timezone.now()
+    with transaction.atomic(using=using):
+        claimed = _mark_running([run_id], worker_id, now, using)
+    return claimed[0] if claimed else None
+
+
+def _mark_running(ids: list[int], worker_id: str, now: dt.datetime, using: str) -> list[Run]:
+    Run.objects.using(using).filter(pk__in=ids, status__in=sorted(CLAIMABLE)).update(
+        status=Status.RUNNING,
+        worker_id=worker_id,
+        attempt=F("attempt") + 1,
+        started_at=Coalesce("started_at", now),
+        updated_at=now,
+    )
+    claimed = list(
+        Run.objects.using(using)
+        .filter(pk__in=ids, status=Status.RUNNING, worker_id=worker_id, updated_at=now)
+        .order_by("-priority", "run_after", "id")
+    )
+    _save_events([_event(run, "status") for run in claimed], using)
+    return claimed
+
+
+def requeue(run_ids: Iterable[int], reason: str = "") -> list[int]:
+    """Put claimed runs that never started back to pending; the attempt is not counted."""
+    using = _db()
+    done = []
+    for run_id in run_ids:
+        with transaction.atomic(using=using):
+            run = _locked(run_id, using)
+            if run is None or run.status not in ALLOWED_FROM[Status.PENDING]:
+                continue
+            fields = {"worker_id": "", "attempt": max(run.attempt - 1, 0)}
+            if reason:
+                fields["progress_message"] = reason
+            _apply(run, Status.PENDING, fields, using)
+            done.append(run_id)
+    return done
+
+
+def _locked(run_id: int, using: str) -> Run | None:
+    """The run, row-locked until the surrounding transaction ends (None if deleted)."""
+    return Run.objects.using(using).select_for_update().filter(pk=run_id).first()
+
+
+# ---------------------------------------------------------------- workers
+
+
+def register_worker(worker_id: str, hostname: str, pid: int, queues: list[str], concurrency: int) -> Worker:
+    now = timezone.now()
+    worker, _ = Worker.objects.using(_db()).update_or_create(
+        pk=worker_id,
+        defaults={
+            "hostname": hostname,
+            "pid": pid,
+            "queues": queues,
+            "concurrency": concurrency,
+            "started_at": now,
+            "heartbeat_at": now,
+            "stopped_at": None,
+        },
+    )
+    return worker
+
+
+def heartbeat(worker_id: str, processed: int) -> None:
+    Worker.objects.using(_db()).filter(pk=worker_id).update(
+        heartbeat_at=timezone.now(), processed=processed, stopped_at=None
+    )
+
+
+def stop_worker(worker_id: str) -> None:
+    Worker.objects.using(_db()).filter(pk=worker_id).update(stopped_at=timezone.now())
+
+
+def cancel_requested(worker_id: str) -> dict[int, dt.datetime]:
+    """Runs of this worker whose cancel was requested: id -> when."""
+    return dict(
+        Run.objects.using(_db())
+        .filter(worker_id=worker_id, status=Status.CANCEL_REQUESTED)
+        .values_list("id", "cancel_requested_at")
+    )
+
+
+def recover_lost_runs(heartbeat_timeout: float, worker_id: str | None = None) -> list[Run]:
+    """Rescue active runs of workers whose heartbeat expired (or of ``worker_id``).
+
+    A run goes back to pending when attempts remain, else fails with "worker lost".
+    Each rescue is a guarded transition under a row lock: a run is rescued once.
+    """
+    using = _db()
+    if worker_id is None:
+        cutoff = timezone.now() - dt.timedelta(seconds=heartbeat_timeout)
+        alive = Worker.objects.using(using).filter(heartbeat_at__gte=cutoff, stopped_at__isnull=True)
+        lost_qs = Run.objects.using(using).filter(status__in=sorted(ACTIVE)).exclude(
+            worker_id__in=alive.values("id")
+        )
+    else:
+        lost_qs = Run.objects.using(using).filter(status__in=sorted(ACTIVE), worker_id=worker_id)
+    rescued = []
+    for run_id in lost_qs.values_list("id", flat=True):
+        with transaction.atomic(using=using):
+            run = _locked(run_id, using)
+            if run is None or run.status not in ACTIVE:
+                continue
+            if worker_id is None and _worker_alive(run.worker_id, heartbeat_timeout, using):
+                continue  # its worker came back between the two queries
+            error = {"attempt": run.attempt, "type": "WorkerLost", "message": "worker lost",
+                     "worker": run.worker_id, "at": timezone.now().isoformat()}
+            fields: dict[str, Any] = {
+                "errors": [*run.errors, error],
+                "worker_ids": [*run.worker_ids, run.worker_id],
+                "worker_id": "",
+            }
+            if run.status == Status.CANCEL_REQUESTED:
+                target = Status.CANCELED
+            elif run.attempt < run.max_attempts:
+                target = Status.PENDING
+            else:
+                target = Status.FAILED
+                fields.update(error="worker lost", error_type="WorkerLost")
+            rescued.append(_apply(run, target, fields, using))
+    return rescued
+
+
+def _worker_alive(worker_id: str, heartbeat_timeout: float, using: str) -> bool:
+    cutoff = timezone.now() - dt.timedelta(seconds=heartbeat_timeout)
+    return Worker.objects.using(using).filter(
+        pk=worker_id, heartbeat_at__gte=cutoff, stopped_at__isnull=True
+    ).exists()
+
+
+# ---------------------------------------------------------------- tasks and schedules
+
+
+def sync_tasks(specs: Iterable[Any]) -> None:
+    """Upsert one ``Task`` row per registered handler."""
+    for spec in specs:
+        Task.objects.using(_db()).update_or_create(
+            name=spec.name, defaults={"options": spec.options(), "description": spec.description}
+        )
+
+
+def sync_code_schedules(specs: Iterable[Any]) -> None:
+    """Create or update the schedules declared with ``@task(cron=...)``."""
+    for spec in specs:
+        if not spec.cron:
+            continue
+        Schedule.objects.using(_db()).update_or_create(
+            name=f"code:{spec.name}",
+            defaults={"task_name": spec.name, "cron": spec.cron, "timezone": spec.cron_timezone,
+                      "queue": spec.queue, "from_code": True},
+        )
+
+
+def due_schedules(now: dt.datetime) -> list[Schedule]:
+    return list(
+        Schedule.objects.using(_db()).filter(enabled=True).filter(
+            Q(next_run_at__lte=now) | Q(next_run_at__isnull=True)
+        )
+    )
+
+
+def set_schedule_times(schedule_id: int, next_run_at: dt.datetime, last_run_at: dt.datetime | None) -> None:
+    updates: dict[str, Any] = {"next_run_at": next_run_at}
+    if last_run_at is not None:
+        updates["last_run_at"] = last_run_at
+    Schedule.objects.using(_db()).filter(pk=schedule_id).update(**updates)
+
+
+# ---------------------------------------------------------------- retention
+
+
+def prunable_runs(keep_last: int | None, days: float | None, now: dt.datetime | None = None) -> QuerySet[Run]:
+    """Terminal runs outside the retention policy (both limits must allow keeping a run)."""
+    using = _db()
+    now = now or timezone.now()
+    terminal = Run.objects.using(using).filter(status__in=sorted(TERMINAL))
+    doomed = Q(pk__in=[])
+    if days is not None:
+        doomed |= Q(finished_at__lt=now - dt.timedelta(days=days))
+    if keep_last is not None:
+        keep_ids: list[int] = []
+        for name in terminal.values_list("task_name", flat=True).distinct():
+            keep_ids += terminal.filter(task_name=name).order_by("-id").values_list(
+                "id", flat=True
+            )[:keep_last]
+        doomed |= ~Q(pk__in=keep_ids)
+    return terminal.filter(doomed)
+
+
+def prune(keep_last: int | None, days: float | None, dry_run: bool = False) -> dict[str, int]:
+    qs = prunable_runs(keep_last, days)
+    counts = {"runs": qs.count(), "events": RunEvent.objects.using(_db()).filter(run__in=qs).count()}
+    if not dry_run and counts["runs"]:
+        with transaction.atomic(using=_db()):
+            RunEvent.objects.using(_db()).filter(run__in=qs).delete()
+            qs.delete()
+    return counts
