@@ -352,22 +352,47 @@ def recover_lost_runs(heartbeat_timeout: float, worker_id: str | None = None) ->
                 continue
             if worker_id is None and _worker_alive(run.worker_id, heartbeat_timeout, using):
                 continue  # its worker came back between the two queries
-            error = {"attempt": run.attempt, "type": "WorkerLost", "message": "worker lost",
-                     "worker": run.worker_id, "at": timezone.now().isoformat()}
-            fields: dict[str, Any] = {
-                "errors": [*run.errors, error],
-                "worker_ids": [*run.worker_ids, run.worker_id],
-                "worker_id": "",
-            }
-            if run.status == Status.CANCEL_REQUESTED:
-                target = Status.CANCELED
-            elif run.attempt < run.max_attempts:
-                target = Status.PENDING
-            else:
-                target = Status.FAILED
-                fields.update(error="worker lost", error_type="WorkerLost")
-            rescued.append(_apply(run, target, fields, using))
+            rescued.append(_release(run, "WorkerLost", "worker lost", using))
     return rescued
+
+
+def release(run_id: int, error_type: str, message: str) -> Run | None:
+    """End this attempt of an active run that its executor lost (crash, kill, shutdown):
+    back to pending when attempts remain, else failed; canceled if a cancel was asked."""
+    using = _db()
+    with transaction.atomic(using=using):
+        run = _locked(run_id, using)
+        if run is None or run.status not in ACTIVE:
+            return None
+        return _release(run, error_type, message, using)
+
+
+def _release(run: Run, error_type: str, message: str, using: str) -> Run:
+    error = {"attempt": run.attempt, "type": error_type, "message": message,
+             "worker": run.worker_id, "at": timezone.now().isoformat()}
+    fields: dict[str, Any] = {
+        "errors": [*run.errors, error],
+        "worker_ids": [*run.worker_ids, run.worker_id],
+        "worker_id": "",
+    }
+    if run.status == Status.CANCEL_REQUESTED:
+        target = Status.CANCELED
+    elif run.attempt < run.max_attempts:
+        target = Status.PENDING
+    else:
+        target = Status.FAILED
+        fields.update(error=message, error_type=error_type)
+    return _apply(run, target, fields, using)
+
+
+def has_due(queues: Sequence[str] | None) -> bool:
+    """A cheap read (no write lock) before trying a claim."""
+    due = Run.objects.using(_db()).filter(
+        status__in=sorted(CLAIMABLE), run_after__lte=timezone.now()
+    )
+    if queues:
+        due = due.filter(queue__in=list(queues))
+    return due.exists()
 
 
 def _worker_alive(worker_id: str, heartbeat_timeout: float, using: str) -> bool:
