@@ -47,6 +47,13 @@ DEFAULTS: dict[str, Any] = {
     "CLIENT_RECONNECT_INITIAL_MS": 500,
     "CLIENT_RECONNECT_MAX_MS": 15000,
     "CLIENT_RECONNECT_MAX_RETRIES": None,
+    # Where the ASGI app serves the event stream (it is not a urls.py route).
+    "SSE_URL": "/tasks/events/",
+    # Permission ("app_label.codename") that lets a non-staff user start tasks from the
+    # start endpoint; None: staff only.
+    "START_PERMISSION": None,
+    # Runs listed at most by {% task_list %} and the per-status pages.
+    "LIST_LIMIT": 50,
     # Start an in-process worker thread from the web process (development only).
     "EMBEDDED_WORKER": False,
     # Modules imported at start-up so their @task handlers register ("<app>.tasks" is automatic).
