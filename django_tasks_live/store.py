@@ -402,6 +402,29 @@ def _worker_alive(worker_id: str, heartbeat_timeout: float, using: str) -> bool:
     ).exists()
 
 
+# ---------------------------------------------------------------- admin listings
+
+
+def run_events(run_id: int, limit: int = 50) -> list[RunEvent]:
+    """The newest ``limit`` events of one run, newest first (the run's timeline)."""
+    return list(RunEvent.objects.using(_db()).filter(run_id=run_id).order_by("-id")[:limit])
+
+
+def latest_runs(task_names: Iterable[str]) -> dict[str, Run]:
+    """The newest run of each named task (one indexed query per name)."""
+    latest = {}
+    for name in task_names:
+        run = Run.objects.using(_db()).filter(task_name=name).order_by("-id").first()
+        if run is not None:
+            latest[name] = run
+    return latest
+
+
+def task_names() -> list[str]:
+    """Names of the ``Task`` rows (registered handlers seen so far), sorted."""
+    return list(Task.objects.using(_db()).order_by("name").values_list("name", flat=True))
+
+
 # ---------------------------------------------------------------- tasks and schedules
 
 
