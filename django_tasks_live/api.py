@@ -20,6 +20,8 @@ from .registry import TaskSpec, registry
 from .states import CLAIMABLE, TERMINAL, IllegalTransition, Status
 
 MAX_NAME = 100
+# (name, kwargs) or (name, args, kwargs)
+Call = tuple[str, Mapping[str, Any]] | tuple[str, Sequence[Any], Mapping[str, Any]]
 
 
 def ensure_json(value: Any, where: str) -> None:
@@ -48,7 +50,9 @@ def ensure_json(value: Any, where: str) -> None:
 
 def _check_name(value: Any, what: str) -> str:
     if not isinstance(value, str) or not value or len(value) > MAX_NAME:
-        raise ValueError(f"{what} must be a non-empty string of at most {MAX_NAME} characters, got {value!r}.")
+        raise ValueError(
+            f"{what} must be a non-empty string of at most {MAX_NAME} characters, got {value!r}."
+        )
     return value
 
 
@@ -148,7 +152,7 @@ class StartOptions:
             raise ValueError(f"A run with unique_key {self.unique_key!r} is already active.")
         return run
 
-    def start_many(self, calls: Iterable[tuple[str, Mapping[str, Any]] | tuple[str, Sequence[Any], Mapping[str, Any]]]) -> list[Run]:
+    def start_many(self, calls: Iterable[Call]) -> list[Run]:
         """Start several runs in one transaction: all are created, or none."""
         new_runs = []
         for i, call in enumerate(calls):

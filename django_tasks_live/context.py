@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
+
+from django.db import DatabaseError, close_old_connections
 
 from . import conf, events, store
 from .states import ACTIVE, Status
 
-T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 
 class Canceled(Exception):
@@ -49,7 +52,7 @@ def current_context() -> TaskContext:
     return ctx
 
 
-def db_call(fn: Callable[[], T]) -> T:
+def db_call[T](fn: Callable[[], T]) -> T:
     """Run a database call; from inside an event loop, run it off the loop's thread."""
     try:
         asyncio.get_running_loop()
@@ -161,7 +164,12 @@ class TaskContext:
 
     def _persist(self, now: float) -> None:
         fields = dict(self._fields)
-        status = db_call(lambda: store.save_progress(self.run.id, **fields))
+        try:
+            status = db_call(lambda: store.save_progress(self.run.id, **fields))
+        except DatabaseError:  # an outage must not fail the handler; the next write retries
+            logger.warning("Run %s: progress not saved (database unavailable)", self.run.id)
+            db_call(close_old_connections)
+            return
         self._last_persist = self._last_push = now
         self._dirty = False
         self._note_status(status)
@@ -196,7 +204,12 @@ class TaskContext:
         if self._status == Status.CANCEL_REQUESTED:
             return True
         if time.monotonic() - self._last_status_read >= conf.get("CANCEL_CHECK_INTERVAL"):
-            status = db_call(lambda: store.statuses([self.run.id]).get(self.run.id))
+            try:
+                status = db_call(lambda: store.statuses([self.run.id]).get(self.run.id))
+            except DatabaseError:
+                db_call(close_old_connections)
+                self._last_status_read = time.monotonic()
+                return False
             self._note_status(status or Status.CANCELED)
         return self._status != Status.RUNNING
 

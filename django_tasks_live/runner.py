@@ -15,6 +15,7 @@ import time
 import traceback
 from typing import Any
 
+from django.db import InterfaceError, OperationalError, close_old_connections
 from django.utils import timezone
 
 from . import conf, store
@@ -47,13 +48,15 @@ def backoff_delay(spec: TaskSpec, attempt: int) -> float:
     return max(0.0, delay * random.uniform(0.75, 1.25))
 
 
-def execute(run_id: int, worker_id: str = "inline") -> Run | None:
+def execute(run_id: int, worker_id: str = "inline", run: Run | None = None) -> Run | None:
     """Execute run ``run_id`` and record its outcome; returns the finished run.
 
     A run that is still claimable is claimed first (for engines that hand over ids);
-    a run in any other status than running is left alone (returns None).
+    a run in any other status than running is left alone (returns None). ``run`` is the
+    row as the claim returned it, which saves a read.
     """
-    run = store.get_run(run_id)
+    if run is None or run.pk != run_id or run.worker_id != worker_id:
+        run = store.get_run(run_id)
     if run.status in CLAIMABLE:
         run = store.claim_run(run_id, worker_id)
         if run is None:
@@ -140,12 +143,26 @@ def _finish(
     if exc is not None:
         fields.update(_error_fields(run, exc))
     fields.update(extra or {})
-    finished = store.transition_if(run.pk, target, **fields)
+    finished = _write_outcome(run.pk, target, fields)
     if finished is None:
         logger.warning("Run %s was ended elsewhere before it could become %s", run.pk, target)
         return None
     _django_signal(finished, "finished")
     return finished
+
+
+def _write_outcome(run_id: int, target: Status, fields: dict[str, Any]) -> Run | None:
+    """The outcome must not be lost to a database outage: retry until the database is
+    back (the handler's work is done and cannot be redone for free)."""
+    delay = 0.2
+    while True:
+        try:
+            return store.transition_if(run_id, target, **fields)
+        except (OperationalError, InterfaceError) as exc:
+            logger.warning("Run %s: cannot record %s yet (%s); retrying", run_id, target, exc)
+            close_old_connections()
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 def _fail_or_retry(run: Run, ctx: TaskContext, spec: TaskSpec, exc: Exception) -> Run | None:

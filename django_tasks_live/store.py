@@ -350,7 +350,7 @@ def recover_lost_runs(heartbeat_timeout: float, worker_id: str | None = None) ->
             run = _locked(run_id, using)
             if run is None or run.status not in ACTIVE:
                 continue
-            if worker_id is None and _worker_alive(run.worker_id, heartbeat_timeout, using):
+            if worker_id is None and worker_alive(run.worker_id, heartbeat_timeout, using):
                 continue  # its worker came back between the two queries
             rescued.append(_release(run, "WorkerLost", "worker lost", using))
     return rescued
@@ -367,14 +367,31 @@ def release(run_id: int, error_type: str, message: str) -> Run | None:
         return _release(run, error_type, message, using)
 
 
-def _release(run: Run, error_type: str, message: str, using: str) -> Run:
+def end_killed_run(run_id: int, target: Status, error_type: str, message: str) -> Run | None:
+    """Record that the worker killed a run's executor (hard timeout or unheeded cancel)."""
+    using = _db()
+    with transaction.atomic(using=using):
+        run = _locked(run_id, using)
+        if run is None or run.status not in ALLOWED_FROM[target]:
+            return None
+        fields = _attempt_error_fields(run, error_type, message)
+        fields.update(error=message, error_type=error_type)
+        return _apply(run, target, fields, using)
+
+
+def _attempt_error_fields(run: Run, error_type: str, message: str) -> dict[str, Any]:
+    """Close the run's current attempt with an error entry (kept per attempt)."""
     error = {"attempt": run.attempt, "type": error_type, "message": message,
              "worker": run.worker_id, "at": timezone.now().isoformat()}
-    fields: dict[str, Any] = {
+    return {
         "errors": [*run.errors, error],
         "worker_ids": [*run.worker_ids, run.worker_id],
         "worker_id": "",
     }
+
+
+def _release(run: Run, error_type: str, message: str, using: str) -> Run:
+    fields = _attempt_error_fields(run, error_type, message)
     if run.status == Status.CANCEL_REQUESTED:
         target = Status.CANCELED
     elif run.attempt < run.max_attempts:
@@ -395,7 +412,8 @@ def has_due(queues: Sequence[str] | None) -> bool:
     return due.exists()
 
 
-def _worker_alive(worker_id: str, heartbeat_timeout: float, using: str) -> bool:
+def worker_alive(worker_id: str, heartbeat_timeout: float, using: str | None = None) -> bool:
+    using = using or _db()
     cutoff = timezone.now() - dt.timedelta(seconds=heartbeat_timeout)
     return Worker.objects.using(using).filter(
         pk=worker_id, heartbeat_at__gte=cutoff, stopped_at__isnull=True
@@ -437,30 +455,67 @@ def sync_tasks(specs: Iterable[Any]) -> None:
 
 
 def sync_code_schedules(specs: Iterable[Any]) -> None:
-    """Create or update the schedules declared with ``@task(cron=...)``."""
+    """Create or update the schedules declared with ``@task(cron=...)``.
+
+    A changed cron or time zone resets ``next_run_at`` so the next tick recomputes it;
+    ``enabled`` is left alone so a schedule disabled in the admin stays disabled.
+    """
+    using = _db()
     for spec in specs:
         if not spec.cron:
             continue
-        Schedule.objects.using(_db()).update_or_create(
-            name=f"code:{spec.name}",
-            defaults={"task_name": spec.name, "cron": spec.cron, "timezone": spec.cron_timezone,
-                      "queue": spec.queue, "from_code": True},
-        )
+        wanted = {"task_name": spec.name, "cron": spec.cron, "timezone": spec.cron_timezone,
+                  "queue": spec.queue, "from_code": True}
+        with transaction.atomic(using=using):
+            schedule = (Schedule.objects.using(using).select_for_update()
+                        .filter(name=f"code:{spec.name}").first())
+            if schedule is None:
+                try:
+                    with transaction.atomic(using=using):
+                        Schedule.objects.using(using).create(name=f"code:{spec.name}", **wanted)
+                except IntegrityError:
+                    pass  # another worker created it at the same moment
+                continue
+            changed = {k: v for k, v in wanted.items() if getattr(schedule, k) != v}
+            if not changed:
+                continue
+            if "cron" in changed or "timezone" in changed:
+                changed["next_run_at"] = None
+            Schedule.objects.using(using).filter(pk=schedule.pk).update(**changed)
+
+
+def save_schedule(schedule: Schedule) -> Schedule:
+    """Insert or update a (validated) schedule row."""
+    schedule.save(using=_db())
+    return schedule
 
 
 def due_schedules(now: dt.datetime) -> list[Schedule]:
+    """Enabled schedules whose next fire time has come, or that were never evaluated."""
     return list(
         Schedule.objects.using(_db()).filter(enabled=True).filter(
             Q(next_run_at__lte=now) | Q(next_run_at__isnull=True)
-        )
+        ).order_by("pk")
     )
 
 
-def set_schedule_times(schedule_id: int, next_run_at: dt.datetime, last_run_at: dt.datetime | None) -> None:
+def advance_schedule(
+    schedule_id: int,
+    expected: dt.datetime | None,
+    next_run_at: dt.datetime,
+    fired_at: dt.datetime | None,
+) -> bool:
+    """Move a schedule's ``next_run_at`` from ``expected`` on (compare-and-set).
+
+    Returns False when another worker advanced it first, so a slow worker never moves
+    a schedule back in time.
+    """
     updates: dict[str, Any] = {"next_run_at": next_run_at}
-    if last_run_at is not None:
-        updates["last_run_at"] = last_run_at
-    Schedule.objects.using(_db()).filter(pk=schedule_id).update(**updates)
+    if fired_at is not None:
+        updates["last_run_at"] = fired_at
+    qs = Schedule.objects.using(_db()).filter(pk=schedule_id)
+    qs = qs.filter(next_run_at__isnull=True) if expected is None else qs.filter(next_run_at=expected)
+    return qs.update(**updates) == 1
 
 
 # ---------------------------------------------------------------- retention

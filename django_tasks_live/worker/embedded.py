@@ -1,0 +1,89 @@
+"""A worker inside the web process, for development and the demo (``EMBEDDED_WORKER``).
+
+Threads, not processes: no hard time limits (cooperative ``ctx.check()`` still works),
+and it stops with the web process. Use ``manage.py tasks_worker`` in production.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from django.db import DatabaseError, close_old_connections
+
+from .. import conf, store
+from ..registry import registry
+from ..runner import execute
+
+logger = logging.getLogger(__name__)
+
+_started = threading.Event()
+_stop = threading.Event()
+
+
+def start(concurrency: int = 2) -> bool:
+    """Start the embedded worker once per process; returns False if already running."""
+    if _started.is_set():
+        return False
+    _started.set()
+    thread = threading.Thread(target=_loop, args=(concurrency,), name="tasks-live-embedded",
+                              daemon=True)
+    thread.start()
+    return True
+
+
+def stop() -> None:
+    _stop.set()
+
+
+def _loop(concurrency: int) -> None:
+    worker_id = f"embedded-{socket.gethostname()}-{os.getpid()}"
+    pool = ThreadPoolExecutor(concurrency, thread_name_prefix="tasks-live-run")
+    in_flight: set[int] = set()
+    lock = threading.Lock()
+    next_heartbeat = 0.0
+
+    def run_one(run_id: int, run: object) -> None:
+        try:
+            execute(run_id, worker_id, run=run)  # type: ignore[arg-type]
+        except Exception:
+            logger.exception("Embedded worker failed on run %s", run_id)
+        finally:
+            close_old_connections()
+            with lock:
+                in_flight.discard(run_id)
+
+    try:
+        store.register_worker(worker_id, socket.gethostname(), os.getpid(), [], concurrency)
+        store.sync_tasks(registry)
+    except DatabaseError as exc:
+        logger.warning("Embedded worker could not register yet: %s", exc)
+    import time
+
+    from .. import schedules
+
+    while not _stop.is_set():
+        try:
+            now = time.monotonic()
+            if now >= next_heartbeat:
+                next_heartbeat = now + conf.get("HEARTBEAT_INTERVAL")
+                store.register_worker(worker_id, socket.gethostname(), os.getpid(), [],
+                                      concurrency) if next_heartbeat == 0 else store.heartbeat(
+                    worker_id, 0)
+                store.recover_lost_runs(conf.get("HEARTBEAT_TIMEOUT"))
+                schedules.tick()
+            with lock:
+                free = concurrency - len(in_flight)
+            if free > 0:
+                for run in store.claim(worker_id, None, free):
+                    with lock:
+                        in_flight.add(run.pk)
+                    pool.submit(run_one, run.pk, run)
+        except DatabaseError as exc:  # tables not migrated yet, or the DB is away
+            logger.debug("Embedded worker waiting for the database: %s", exc)
+            close_old_connections()
+            _stop.wait(2.0)
+        _stop.wait(conf.get("POLL_INTERVAL") * 4)
