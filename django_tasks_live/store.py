@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import IntegrityError, connections, router, transaction
-from django.db.models import F, Q, QuerySet
+from django.db.models import F, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -428,14 +428,13 @@ def run_events(run_id: int, limit: int = 50) -> list[RunEvent]:
     return list(RunEvent.objects.using(_db()).filter(run_id=run_id).order_by("-id")[:limit])
 
 
-def latest_runs(task_names: Iterable[str]) -> dict[str, Run]:
-    """The newest run of each named task (one indexed query per name)."""
-    latest = {}
-    for name in task_names:
-        run = Run.objects.using(_db()).filter(task_name=name).order_by("-id").first()
-        if run is not None:
-            latest[name] = run
-    return latest
+def tasks_with_latest_run() -> QuerySet[Task]:
+    """Task rows annotated with ``latest_run_id`` and ``latest_run_status`` (or None)."""
+    latest = Run.objects.using(_db()).filter(task_name=OuterRef("name")).order_by("-id")
+    return Task.objects.using(_db()).annotate(
+        latest_run_id=Subquery(latest.values("id")[:1]),
+        latest_run_status=Subquery(latest.values("status")[:1]),
+    )
 
 
 def task_names() -> list[str]:
