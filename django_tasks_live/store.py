@@ -356,15 +356,23 @@ def recover_lost_runs(heartbeat_timeout: float, worker_id: str | None = None) ->
     return rescued
 
 
-def release(run_id: int, error_type: str, message: str) -> Run | None:
+def release(run_id: int, error_type: str, message: str, *, counts: bool = True) -> Run | None:
     """End this attempt of an active run that its executor lost (crash, kill, shutdown):
-    back to pending when attempts remain, else failed; canceled if a cancel was asked."""
+    back to pending when attempts remain, else failed; canceled if a cancel was asked.
+
+    ``counts=False`` (the operator stopped the worker) always puts the run back to
+    pending without using up an attempt; the interruption is still kept in ``errors``.
+    """
     using = _db()
     with transaction.atomic(using=using):
         run = _locked(run_id, using)
         if run is None or run.status not in ACTIVE:
             return None
-        return _release(run, error_type, message, using)
+        if counts or run.status == Status.CANCEL_REQUESTED:
+            return _release(run, error_type, message, using)
+        fields = _attempt_error_fields(run, error_type, message)
+        fields["attempt"] = max(run.attempt - 1, 0)
+        return _apply(run, Status.PENDING, fields, using)
 
 
 def end_killed_run(run_id: int, target: Status, error_type: str, message: str) -> Run | None:

@@ -1,0 +1,15 @@
+from django.apps import AppConfig
+
+
+class BenchConfig(AppConfig):
+    name = "bench"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # Every system gets the same SQLite tuning as django-tasks-live (WAL, NORMAL sync):
+        # the comparison is between workers, not between journal modes.
+        from django.db.backends.signals import connection_created
+
+        from django_tasks_live.sqlite import configure_connection
+
+        connection_created.connect(configure_connection, dispatch_uid="tasks_live_sqlite")
