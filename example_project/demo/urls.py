@@ -1,0 +1,9 @@
+from django.urls import path
+
+from . import views
+
+app_name = "demo"
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("start/", views.start, name="start"),
+]
