@@ -7,6 +7,7 @@ own, and starting a task needs staff or the ``START_PERMISSION`` setting.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import conf
@@ -41,3 +42,47 @@ def visible_owner(user: Any) -> int | None:
     if not getattr(user, "is_authenticated", False):
         raise PermissionError("Log in to see runs.")
     return None if _is_staff(user) else user.pk
+
+
+# ---------------------------------------------------------------- the event stream
+
+
+@dataclass(frozen=True)
+class Access:
+    """What one stream connection may see: runs matching every field that is set.
+
+    ``owner_id``: only runs owned by this user; ``labels``: only runs carrying all of
+    these labels (multi-tenant setups). The default ``Access()`` sees every run.
+    """
+
+    owner_id: int | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def allows(self, owner_id: int | None, state: dict[str, Any]) -> bool:
+        if self.owner_id is not None and owner_id != self.owner_id:
+            return False
+        run_labels = state.get("labels") or {}
+        return all(run_labels.get(key) == value for key, value in self.labels.items())
+
+
+def default_authorize(user: Any, scope: dict[str, Any]) -> Access | None:
+    """The default ``SSE_AUTHORIZE``: staff see all runs, other users the runs they own,
+    anonymous users nothing (None means 403)."""
+    try:
+        owner_id = visible_owner(user)
+    except PermissionError:
+        return None
+    return Access(owner_id=owner_id)
+
+
+def stream_access(user: Any, scope: dict[str, Any]) -> Access | None:
+    """Call the ``SSE_AUTHORIZE`` callable for one stream connection."""
+    from django.utils.module_loading import import_string
+
+    authorize = conf.get("SSE_AUTHORIZE")
+    if isinstance(authorize, str):
+        authorize = import_string(authorize)
+    access = authorize(user, scope)
+    if access is not None and not isinstance(access, Access):
+        raise TypeError(f"SSE_AUTHORIZE must return an authz.Access or None, got {access!r}.")
+    return access

@@ -10,6 +10,7 @@ from django.core import checks
 def register() -> None:
     checks.register(check_database, checks.Tags.database)
     checks.register(check_settings)
+    checks.register(check_stream_layer)
 
 
 def check_database(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
@@ -49,3 +50,25 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                          hint=f"Known settings: {', '.join(sorted(DEFAULTS))}.")
         )
     return errors
+
+
+def check_stream_layer(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Explain what the in-memory channel layer means for the live stream."""
+    from channels.layers import InMemoryChannelLayer, get_channel_layer
+
+    from .conf import get
+
+    layer = get_channel_layer()
+    if layer is not None and not isinstance(layer, InMemoryChannelLayer):
+        return []
+    return [
+        checks.Info(
+            "The channel layer is in-memory (or absent): events written in the web process "
+            "reach its streams at once, but events from separate tasks_worker processes "
+            f"reach them by polling RunEvent every {get('SSE_POLL_INTERVAL')} s (nothing "
+            "is lost; it is only slower), and several web processes do not wake each other.",
+            hint="For instant delivery across processes use channels_redis.core."
+            "RedisChannelLayer in CHANNEL_LAYERS; or silence tasks_live.I010.",
+            id="tasks_live.I010",
+        )
+    ]

@@ -43,6 +43,12 @@ DEFAULTS: dict[str, Any] = {
     "SSE_QUEUE_SIZE": 1000,
     "SSE_MAX_FILTER_VALUES": 50,
     "SSE_AUTHORIZE": "django_tasks_live.authz.default_authorize",
+    # Each daphne process re-reads new events at least this often (the channel layer
+    # only speeds this up), so events written by any process reach every stream.
+    "SSE_POLL_INTERVAL": 0.5,
+    # PostgreSQL: how long a hole in event ids may stay open (a transaction that took
+    # an id and has not committed yet) before the stream treats it as rolled back.
+    "SSE_GAP_SETTLE": 1.0,
     # Browser client reconnect policy (rendered into the page by the template tags).
     "CLIENT_RECONNECT_INITIAL_MS": 500,
     "CLIENT_RECONNECT_MAX_MS": 15000,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from django.db import transaction
@@ -37,6 +37,32 @@ def push_now(messages: Iterable[dict[str, Any]]) -> None:
     pusher.push(list(messages))
 
 
+Listener = Callable[[dict[str, Any]], None]
+_local_listeners: list[Listener] = []
+
+
+def add_local_listener(listener: Listener) -> None:
+    """Also hand this process's messages to ``listener`` (called from any thread).
+
+    The stream's fan-out in a daphne process registers here: with the in-memory layer,
+    whose queues are bound to one event loop, local delivery must not go through the
+    pusher thread's own loop, so messages reach local streams directly instead.
+    """
+    _local_listeners.append(listener)
+
+
+def remove_local_listener(listener: Listener) -> None:
+    if listener in _local_listeners:
+        _local_listeners.remove(listener)
+
+
+def _layer_is_local() -> bool:
+    from channels.layers import InMemoryChannelLayer, get_channel_layer
+
+    layer = get_channel_layer()
+    return layer is None or isinstance(layer, InMemoryChannelLayer)
+
+
 class _Pusher:
     """One background thread per process sends to the channel layer.
 
@@ -53,7 +79,15 @@ class _Pusher:
         self._enabled = True
 
     def push(self, batch: list[dict[str, Any]]) -> None:
-        if not self._enabled or not batch:
+        if not batch:
+            return
+        if _local_listeners and _layer_is_local():
+            # Only this process could receive an in-memory layer's messages: deliver here.
+            for listener in list(_local_listeners):
+                for msg in batch:
+                    listener(msg)
+            return
+        if not self._enabled:
             return
         self._ensure_thread()
         try:

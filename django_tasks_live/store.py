@@ -142,12 +142,52 @@ def statuses(run_ids: Iterable[int]) -> dict[int, str]:
     return dict(Run.objects.using(_db()).filter(pk__in=list(run_ids)).values_list("id", "status"))
 
 
-def events_after(event_id: int, run_qs: QuerySet[Run] | None = None, limit: int = 1000) -> list[RunEvent]:
-    """Events newer than ``event_id`` in id order, optionally only for runs in ``run_qs``."""
+def events_after(
+    event_id: int,
+    run_qs: QuerySet[Run] | None = None,
+    limit: int = 1000,
+    *,
+    until: int | None = None,
+    with_owner: bool = False,
+) -> list[RunEvent]:
+    """Events newer than ``event_id`` (and at most ``until``) in id order, optionally only
+    for runs in ``run_qs``; ``with_owner`` adds ``run_owner_id`` (the stream's authz filter)."""
     qs = RunEvent.objects.using(_db()).filter(pk__gt=event_id).order_by("id")
+    if until is not None:
+        qs = qs.filter(pk__lte=until)
     if run_qs is not None:
         qs = qs.filter(run__in=run_qs.order_by().values("id"))
+    if with_owner:
+        qs = qs.annotate(run_owner_id=F("run__owner_id"))
     return list(qs[:limit])
+
+
+def settled_event_id(age: float) -> int:
+    """The newest event id written at least ``age`` seconds ago (0 if none).
+
+    Where the stream's cursor starts: on PostgreSQL a younger id may still have an
+    uncommitted neighbour below it, so the stream reads forward from here instead.
+    """
+    qs = RunEvent.objects.using(_db()).order_by("-id")
+    if age > 0:
+        qs = qs.filter(created_at__lte=timezone.now() - dt.timedelta(seconds=age))
+    return qs.values_list("id", flat=True).first() or 0
+
+
+def run_owners(run_ids: Iterable[int]) -> dict[int, int | None]:
+    """Run id -> owner id (the stream's authz filter for push-only progress)."""
+    return dict(Run.objects.using(_db()).filter(pk__in=list(run_ids)).values_list("id", "owner_id"))
+
+
+def snapshot(run_qs: QuerySet[Run], limit: int) -> list[tuple[dict[str, Any], int]]:
+    """The newest ``limit`` runs of ``run_qs`` as (state, id of the run's latest event).
+
+    Both come from one statement, so the event id says exactly which change the state
+    already includes (the stream skips older live events of that run).
+    """
+    latest = RunEvent.objects.filter(run=OuterRef("pk")).order_by("-id").values("id")[:1]
+    rows = run_qs.annotate(tl_last_event=Subquery(latest)).order_by("-id")[:limit]
+    return [(run.to_state(), run.tl_last_event or 0) for run in rows]
 
 
 def oldest_event_id() -> int | None:

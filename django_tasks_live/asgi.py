@@ -1,0 +1,59 @@
+"""Serving the event stream next to Django: three lines in a project's ``asgi.py``.
+
+```python
+from django.core.asgi import get_asgi_application
+from django_tasks_live.asgi import tasks_live_application
+
+application = tasks_live_application(get_asgi_application())
+```
+
+Projects that already route with Channels add :func:`stream_route` to their
+``URLRouter`` instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.urls import URLPattern
+
+ASGIApp = Any
+
+
+def stream_app() -> ASGIApp:
+    """The stream consumer behind session authentication (``scope["user"]``)."""
+    # Imported here: these need the app registry, which get_asgi_application() fills.
+    from channels.auth import AuthMiddlewareStack
+
+    from .sse import EventStreamConsumer
+
+    return AuthMiddlewareStack(EventStreamConsumer.as_asgi())
+
+
+def stream_route(route: str = "tasks/events/") -> URLPattern:
+    """A ``URLRouter`` entry: ``URLRouter([stream_route(), re_path("", django_app)])``."""
+    from django.urls import path
+
+    return path(route, stream_app())
+
+
+def tasks_live_application(django_asgi_app: ASGIApp, path: str = "/tasks/events/") -> ASGIApp:
+    """An ASGI app serving the event stream at ``path`` and everything else with Django.
+
+    Only that exact path (with or without its trailing slash) goes to the stream;
+    websockets, lifespan and every other request go to ``django_asgi_app`` unchanged.
+    """
+    stream = stream_app()
+    paths = {path, path.rstrip("/") or "/"}
+
+    async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and _local_path(scope) in paths:
+            return await stream(scope, receive, send)
+        return await django_asgi_app(scope, receive, send)
+
+    return application
+
+
+def _local_path(scope: dict[str, Any]) -> str:
+    full, root = scope.get("path", ""), scope.get("root_path", "")
+    return full[len(root):] if root and full.startswith(root) else full

@@ -1,0 +1,336 @@
+"""One reader of new run events per process, fanned out to every open stream.
+
+Channel layers drop messages silently, and on PostgreSQL concurrent transactions can
+commit event ids out of order. So a layer message about a persisted event is only a
+wake-up: the :class:`Hub` reads new ``RunEvent`` rows itself, in id order, once per
+process however many streams are open, and never moves its cursor past a hole in the
+ids until the hole is filled or has stayed empty for ``SSE_GAP_SETTLE`` seconds (an id
+taken by a transaction that rolled back). It also polls every ``SSE_POLL_INTERVAL``
+seconds, so events written by a process the layer does not reach still arrive.
+
+Push-only progress (messages with id None) is forwarded as is, after any read in
+flight, so it never overtakes an older persisted event.
+
+Each stream owns a bounded :class:`Mailbox`; a stream that falls behind loses its
+mailbox contents and re-reads the missed events from the database instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import Any
+
+from channels.db import database_sync_to_async
+
+from . import conf, events, store
+from .models import RunEvent
+from .states import TERMINAL
+
+logger = logging.getLogger(__name__)
+
+READ_BATCH = 500
+GROUP_REFRESH = 300.0  # re-join the layer group well inside any group expiry
+OWNER_CACHE = 50_000
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One event as streams receive it, with its SSE frame encoded once per process."""
+
+    event_id: int | None  # None: push-only progress
+    run_id: int
+    owner_id: int | None
+    kind: str
+    state: dict[str, Any]
+    frame: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Every visible event with ``after < id <= upto`` (ids in between were holes)."""
+
+    after: int
+    upto: int
+    items: list[Item]
+
+
+def encode(event: str, data: Any, event_id: int | None = None) -> bytes:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+def item_from_event(ev: RunEvent) -> Item:
+    return Item(ev.pk, ev.run_id, getattr(ev, "run_owner_id", None), ev.kind, ev.data,
+                encode("run", {"kind": ev.kind, "run": ev.data}, ev.pk))
+
+
+def item_from_push(state: dict[str, Any], owner_id: int | None) -> Item:
+    return Item(None, state["id"], owner_id, "progress", state,
+                encode("progress", {"run": state}))
+
+
+class Mailbox:
+    """A stream's bounded inbox. Overflow empties it and flags the stream to catch up."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.overflowed = False
+        self._entries: deque[Batch | Item] = deque()
+        self._count = 0
+        self._ready = asyncio.Event()
+
+    def put(self, entry: Batch | Item) -> None:
+        if self.overflowed:
+            return
+        self._count += len(entry.items) if isinstance(entry, Batch) else 1
+        if self._count > self.size:
+            self._entries.clear()
+            self._count = 0
+            self.overflowed = True
+        else:
+            self._entries.append(entry)
+        self._ready.set()
+
+    async def wait(self, timeout: float) -> bool:
+        """True when there is something to take (or an overflow), False on timeout."""
+        if not self._ready.is_set():
+            try:
+                await asyncio.wait_for(self._ready.wait(), timeout)
+            except TimeoutError:
+                return False
+        return True
+
+    def take(self) -> tuple[list[Batch | Item], bool]:
+        """Everything queued, and whether entries were dropped since the last take."""
+        entries, overflowed = list(self._entries), self.overflowed
+        self._entries.clear()
+        self._count = 0
+        self.overflowed = False
+        self._ready.clear()
+        return entries, overflowed
+
+
+class Hub:
+    """The process's (event loop's) single reader and channel-layer subscriber."""
+
+    def __init__(self) -> None:
+        self.cursor = 0  # every event id <= cursor has been fanned out (or was a hole)
+        self.ready = asyncio.Event()
+        self.mailboxes: set[Mailbox] = set()
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._held: list[dict[str, Any]] = []  # push-only messages waiting for a read
+        self._owners: OrderedDict[int, tuple[int | None, bool]] = OrderedDict()
+        self._hole: tuple[int, float] | None = None  # (first missing id, first seen)
+        self._settle = 0.0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._poll_loop(), name="tasks-live-hub-poll"),
+                       asyncio.create_task(self._layer_loop(), name="tasks-live-hub-layer")]
+
+    def stop(self) -> None:
+        events.remove_local_listener(self._on_local_message)
+        for task in self._tasks:
+            task.cancel()
+
+    # -- input
+
+    def on_message(self, msg: dict[str, Any]) -> None:
+        """A channel-layer message: a wake-up, or push-only progress to forward."""
+        if msg.get("id") is None and isinstance(msg.get("run"), dict) and "id" in msg["run"]:
+            if len(self._held) < 10_000:
+                self._held.append(msg)
+        self._wake.set()
+
+    def _on_local_message(self, msg: dict[str, Any]) -> None:
+        # Called from whichever thread committed; hop onto the hub's loop.
+        self._loop.call_soon_threadsafe(self.on_message, msg)
+
+    # -- reading
+
+    async def _poll_loop(self) -> None:
+        read_new = database_sync_to_async(self._read_new)
+        while True:
+            try:
+                if not self.ready.is_set():
+                    await self._start_cursor()
+                self._wake.clear()
+                for batch in await read_new(self.cursor):
+                    self.cursor = batch.upto
+                    self._fan_out(batch)
+                await self._release_pushes()
+                self.ready.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the database is the source; keep trying, streams wait
+                logger.exception("tasks_live: reading run events failed")
+                await asyncio.sleep(conf.get("SSE_POLL_INTERVAL"))
+                continue
+            timeout = conf.get("SSE_POLL_INTERVAL")
+            if self._hole is not None:
+                timeout = min(timeout, 0.02)  # out-of-order commits settle in milliseconds
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    async def _start_cursor(self) -> None:
+        def start() -> tuple[float, int]:
+            from django.db import connections, router
+
+            from .models import Run
+
+            postgres = connections[router.db_for_write(Run)].vendor == "postgresql"
+            # SQLite commits one writer at a time in id order: no holes to wait for.
+            settle = conf.get("SSE_GAP_SETTLE") if postgres else 0.0
+            return settle, store.settled_event_id(settle)
+
+        self._settle, self.cursor = await database_sync_to_async(start)()
+
+    def _read_new(self, cursor: int) -> list[Batch]:
+        """Events after ``cursor`` in id order, up to the first young hole (in a thread)."""
+        batches = []
+        while True:
+            evs = store.events_after(cursor, limit=READ_BATCH, with_owner=True)
+            accepted = self._contiguous(cursor, evs)
+            if accepted:
+                after, cursor = cursor, accepted[-1].pk
+                batches.append(Batch(after, cursor, [item_from_event(e) for e in accepted]))
+            if len(accepted) < READ_BATCH:
+                return batches
+
+    def _contiguous(self, cursor: int, evs: list[RunEvent]) -> list[RunEvent]:
+        expected = cursor + 1
+        now = time.monotonic()
+        for index, ev in enumerate(evs):
+            if ev.pk != expected and self._settle > 0:
+                if self._hole is None or self._hole[0] != expected:
+                    self._hole = (expected, now)
+                if now - self._hole[1] < self._settle:
+                    return evs[:index]
+                logger.info("tasks_live: event ids %d..%d never committed; skipped",
+                            expected, ev.pk - 1)
+            expected = ev.pk + 1
+        self._hole = None
+        return evs
+
+    # -- output
+
+    def _fan_out(self, batch: Batch) -> None:
+        for item in batch.items:
+            self._remember(item.run_id, item.owner_id, item.state.get("status") in TERMINAL)
+        for mailbox in list(self.mailboxes):
+            mailbox.put(batch)
+
+    async def _release_pushes(self) -> None:
+        if not self._held:
+            return
+        held, self._held = self._held, []
+        unknown = {m["run"]["id"] for m in held} - set(self._owners)
+        if unknown:
+            owners = await database_sync_to_async(store.run_owners)(unknown)
+            for run_id in unknown:
+                self._remember(run_id, owners.get(run_id), False)
+        for msg in held:
+            owner_id, finished = self._owners.get(msg["run"]["id"], (None, True))
+            if finished:  # a late preview must not overwrite a terminal state
+                continue
+            item = item_from_push(msg["run"], owner_id)
+            for mailbox in list(self.mailboxes):
+                mailbox.put(item)
+
+    def _remember(self, run_id: int, owner_id: int | None, finished: bool) -> None:
+        self._owners[run_id] = (owner_id, finished)
+        self._owners.move_to_end(run_id)
+        if len(self._owners) > OWNER_CACHE:
+            self._owners.popitem(last=False)
+
+    # -- the channel layer
+
+    async def _layer_loop(self) -> None:
+        from channels.layers import InMemoryChannelLayer, get_channel_layer
+
+        layer = get_channel_layer()
+        if layer is None or isinstance(layer, InMemoryChannelLayer):
+            # Only this process writes to an in-memory layer: take its messages directly.
+            events.add_local_listener(self._on_local_message)
+            return
+        while True:
+            channel = None
+            refresher = None
+            try:
+                channel = await layer.new_channel()
+                await layer.group_add(events.GROUP, channel)
+                refresher = asyncio.create_task(self._refresh_group(layer, channel))
+                while True:
+                    self.on_message(await layer.receive(channel))
+            except asyncio.CancelledError:
+                if channel is not None:
+                    await _quietly(layer.group_discard(events.GROUP, channel))
+                raise
+            except Exception:  # a layer outage costs latency only: polling continues
+                logger.warning("tasks_live: channel layer receive failed; retrying",
+                               exc_info=True)
+                await asyncio.sleep(1.0)
+            finally:
+                if refresher is not None:
+                    refresher.cancel()
+
+    async def _refresh_group(self, layer: Any, channel: str) -> None:
+        while True:
+            await asyncio.sleep(GROUP_REFRESH)
+            await _quietly(layer.group_add(events.GROUP, channel))
+
+
+async def _quietly(awaitable: Any) -> None:
+    try:
+        await asyncio.wait_for(awaitable, 2.0)
+    except Exception:
+        logger.debug("tasks_live: channel layer call failed", exc_info=True)
+
+
+# ---------------------------------------------------------------- one hub per event loop
+
+_hubs: dict[asyncio.AbstractEventLoop, Hub] = {}
+
+
+async def join(mailbox: Mailbox, timeout: float = 10.0) -> Hub:
+    """Register ``mailbox`` with this loop's hub (started on first use) once it is ready."""
+    loop = asyncio.get_running_loop()
+    hub = _hubs.get(loop)
+    if hub is None:
+        hub = _hubs[loop] = Hub()
+        hub.start()
+    hub.mailboxes.add(mailbox)
+    try:
+        await asyncio.wait_for(asyncio.shield(hub.ready.wait()), timeout)
+    except BaseException:
+        leave(mailbox)
+        raise
+    return hub
+
+
+def leave(mailbox: Mailbox) -> None:
+    """Unregister ``mailbox``; the last one out stops the hub (no idle polling)."""
+    loop = asyncio.get_running_loop()
+    hub = _hubs.get(loop)
+    if hub is None:
+        return
+    hub.mailboxes.discard(mailbox)
+    if not hub.mailboxes:
+        hub.stop()
+        del _hubs[loop]
+
+
+def db(fn: Any) -> Any:
+    """Stream-side store calls: off the event loop, with connection hygiene."""
+    return database_sync_to_async(fn)
+

@@ -1,0 +1,245 @@
+"""The Server-Sent Events endpoint: snapshot, replay from ``Last-Event-ID``, live events.
+
+Served by daphne through Channels (see :mod:`django_tasks_live.asgi`). The protocol is
+documented in ``docs/stream.md``. Design notes (``sse-on-channels.md``):
+
+* ``AsyncHttpConsumer.http_request`` stops the consumer once ``handle()`` returns, so
+  the stream runs in its own task and the consumer stays alive until the client goes.
+  ``http.disconnect`` cancels the task and frees the mailbox at once.
+* ``AsyncConsumer.dispatch`` closes old DB connections before every message; the
+  stream does its database work in :func:`fanout.db` calls instead, so that is skipped.
+* An exception after the response started would wedge daphne's reaper, so every
+  exception in stream code is caught and the stream is ended cleanly instead.
+* No per-stream channel-layer membership: the process's :class:`fanout.Hub` subscribes
+  once and feeds each stream a bounded mailbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from channels.consumer import get_handler_name
+from channels.exceptions import StopConsumer
+from channels.generic.http import AsyncHttpConsumer
+from django.contrib.auth.models import AnonymousUser
+
+from . import authz, conf, fanout, sse_query, store
+from .authz import Access
+from .fanout import Batch, Hub, Item, Mailbox, encode
+from .sse_query import BadStreamRequest, StreamQuery
+
+logger = logging.getLogger(__name__)
+
+CATCH_UP_BATCH = 500
+HEADERS = [
+    (b"Content-Type", b"text/event-stream"),
+    (b"Cache-Control", b"no-cache"),
+    (b"X-Accel-Buffering", b"no"),
+]
+
+
+class EventStreamConsumer(AsyncHttpConsumer):
+    """``GET /tasks/events/?task=&run=&status=&label=k:v&last_event_id=N``."""
+
+    # No channel per connection: the hub holds the process's only layer subscription.
+    channel_layer_alias = "tasks_live.no-layer"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._task: asyncio.Task[None] | None = None
+        self._started = False
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # Without aclose_old_connections(): the stream's DB calls manage connections.
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
+    async def http_request(self, message: dict[str, Any]) -> None:
+        # Unlike the base class, do not stop the consumer when the response is sent.
+        if message.get("more_body") or self._task is not None:
+            return
+        self._task = asyncio.create_task(self._serve(), name="tasks-live-sse")
+
+    async def http_disconnect(self, message: dict[str, Any]) -> None:
+        await self.disconnect()
+        raise StopConsumer()
+
+    async def disconnect(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    async def send_headers(self, *, status: int = 200, headers: Any = None) -> None:
+        self._started = True
+        await super().send_headers(status=status, headers=headers)
+
+    async def _serve(self) -> None:
+        mailbox = Mailbox(conf.get("SSE_QUEUE_SIZE"))
+        joined = False
+        try:
+            request = await self._accept()
+            if request is None:
+                return
+            query, access, last_event_id = request
+            try:
+                hub = await fanout.join(mailbox)
+                joined = True
+            except TimeoutError:
+                await self._reject(503, "The event stream is starting up; retry shortly.")
+                return
+            await self.send_headers(status=200, headers=HEADERS)
+            await Stream(self.send_body, hub, mailbox, query, access).run(last_event_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("tasks_live: event stream failed; closing it")
+            await self._close()
+        finally:
+            if joined:
+                fanout.leave(mailbox)
+
+    async def _accept(self) -> tuple[StreamQuery, Access, str | None] | None:
+        """Validate and authorize the request; answer it with an error when refused."""
+        if self.scope.get("method") != "GET":
+            await self._reject(405, "The event stream only answers GET.", [(b"Allow", b"GET")])
+            return None
+        try:
+            query, raw_id = sse_query.parse(self.scope.get("query_string", b""))
+        except BadStreamRequest as exc:
+            await self._reject(400, str(exc))
+            return None
+        user = self.scope.get("user") or AnonymousUser()
+        access = await fanout.db(authz.stream_access)(user, self.scope)
+        if access is None:
+            await self._reject(403, "You may not watch these runs; log in first.")
+            return None
+        header = dict(self.scope.get("headers", [])).get(b"last-event-id")
+        if header is not None:
+            raw_id = header.decode("latin-1")
+        return query, access, raw_id
+
+    async def _reject(self, status: int, reason: str, extra: list[Any] | None = None) -> None:
+        headers = [(b"Content-Type", b"text/plain; charset=utf-8"), *(extra or [])]
+        await self.send_response(status, reason.encode(), headers=headers)
+
+    async def _close(self) -> None:
+        with contextlib.suppress(Exception):
+            if self._started:
+                await self.send_body(b"", more_body=False)
+            else:
+                await self._reject(503, "The event stream failed; retry shortly.")
+
+
+class Stream:
+    """One connection's events: snapshot or replay, then live, in id order, no duplicates.
+
+    ``cursor`` is the last event id this stream has dealt with; everything it sends
+    comes either from a hub batch that continues at the cursor, or from the database
+    (replay, and catch-up after a gap or a mailbox overflow), never past ``hub.cursor``,
+    which only moves past holes that are known to be final.
+    """
+
+    def __init__(self, send: Any, hub: Hub, mailbox: Mailbox, query: StreamQuery,
+                 access: Access) -> None:
+        self.send = send
+        self.hub = hub
+        self.mailbox = mailbox
+        self.query = query
+        self.access = access
+        self.cursor = 0
+        # Run id -> newest event id already contained in that run's snapshot state.
+        self.skip: dict[int, int] = {}
+
+    async def run(self, raw_last_event_id: str | None) -> None:
+        await self.start(raw_last_event_id)
+        heartbeat = conf.get("SSE_HEARTBEAT_INTERVAL")
+        while True:
+            if not await self.mailbox.wait(heartbeat):
+                await self.send(b": heartbeat\n\n", more_body=True)
+                continue
+            await self.deliver(*self.mailbox.take())
+
+    async def start(self, raw: str | None) -> None:
+        head = f"retry: {int(conf.get('SSE_RETRY_MS'))}\n\n".encode()
+        reason = None
+        if raw is not None:
+            event_id = sse_query.parse_event_id(raw)
+            if event_id is None:
+                reason = f"Malformed Last-Event-ID {raw[:40]!r}."
+            else:
+                reason = await fanout.db(replay_refusal)(event_id)
+            if reason is None:
+                self.cursor = event_id
+                await self.send(head, more_body=True)
+                await self.catch_up(self.hub.cursor)
+                return
+            head += encode("reset", {"reason": reason})
+        await self.send(head + await self.snapshot(), more_body=True)
+
+    async def snapshot(self) -> bytes:
+        self.cursor = self.hub.cursor
+        rows = await fanout.db(store.snapshot)(
+            self.query.runs(self.access, with_status=True), conf.get("SSE_SNAPSHOT_LIMIT")
+        )
+        self.skip = {state["id"]: last for state, last in rows if last > self.cursor}
+        data = {"runs": [state for state, _ in rows], "last_event_id": self.cursor}
+        return encode("snapshot", data, self.cursor)
+
+    async def deliver(self, entries: list[Batch | Item], overflowed: bool) -> None:
+        if overflowed:  # the mailbox dropped entries: the database has them
+            await self.catch_up(self.hub.cursor)
+            return
+        frames: list[bytes] = []
+        for entry in entries:
+            if isinstance(entry, Item):
+                if self.visible(entry):
+                    frames.append(entry.frame)
+                continue
+            if entry.after > self.cursor:  # a gap before this batch: fill it in order
+                await self.flush(frames)
+                await self.catch_up(entry.after)
+            frames += [item.frame for item in entry.items
+                       if item.event_id > self.cursor and self.visible(item)]
+            self.cursor = max(self.cursor, entry.upto)
+        await self.flush(frames)
+        if self.skip:
+            self.skip = {run: last for run, last in self.skip.items() if last > self.cursor}
+
+    async def catch_up(self, until: int) -> None:
+        """Send the visible events in ``(cursor, until]`` from the database."""
+        runs = self.query.runs(self.access, with_status=False)
+        while self.cursor < until:
+            evs = await fanout.db(store.events_after)(
+                self.cursor, runs, CATCH_UP_BATCH, until=until, with_owner=True
+            )
+            items = [fanout.item_from_event(ev) for ev in evs]
+            await self.flush([item.frame for item in items if self.visible(item)])
+            self.cursor = until if len(evs) < CATCH_UP_BATCH else evs[-1].pk
+
+    def visible(self, item: Item) -> bool:
+        if item.event_id is not None and item.event_id <= self.skip.get(item.run_id, 0):
+            return False
+        return self.access.allows(item.owner_id, item.state) and self.query.matches(
+            item.kind, item.state
+        )
+
+    async def flush(self, frames: list[bytes]) -> None:
+        if frames:
+            await self.send(b"".join(frames), more_body=True)
+            frames.clear()
+
+
+def replay_refusal(event_id: int) -> str | None:
+    """Why ``event_id`` cannot be replayed (None if it can)."""
+    if event_id > store.latest_event_id():
+        return f"Event {event_id} is newer than any stored event (was the database reset?)."
+    oldest = store.oldest_event_id()
+    if oldest is not None and event_id < oldest - 1:
+        return f"Event {event_id} is older than the retained events (oldest is {oldest})."
+    return None
