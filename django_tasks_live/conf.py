@@ -33,6 +33,8 @@ DEFAULTS: dict[str, Any] = {
     "RETRY_BACKOFF_MAX": 3600.0,
     # Missed cron fire times after downtime: "latest" (one catch-up run) or "skip".
     "SCHEDULE_MISSED": "latest",
+    # With "skip": a fire time first seen more than this many seconds late is skipped.
+    "SCHEDULE_MISFIRE_GRACE": 60.0,
     # Retention: keep the newest N terminal runs per task and/or runs newer than D days.
     "RETENTION_KEEP_LAST": None,
     "RETENTION_DAYS": None,

@@ -201,6 +201,10 @@ def validate_cron(value: str) -> None:
 
     if not isinstance(value, str) or not croniter.is_valid(value):
         raise ValidationError(f"{value!r} is not a valid cron expression.", code="invalid_cron")
+    try:  # valid syntax that matches no date at all, e.g. "0 0 31 2 *"
+        croniter(value, timezone.now()).get_next(float)
+    except (ValueError, KeyError):
+        raise ValidationError(f"{value!r} never fires.", code="invalid_cron") from None
 
 
 def validate_timezone(value: str) -> None:
