@@ -1,4 +1,19 @@
+import os
+
 import pytest
+
+from tests.support.db import service_reachable
+
+
+def pytest_collection_modifyitems(config, items):
+    """The PostgreSQL suite skips, with the reason, when the server does not answer."""
+    if os.environ.get("TASKS_LIVE_TEST_DB") != "postgres":
+        return
+    host, port = os.environ.get("PGHOST", "127.0.0.1"), int(os.environ.get("PGPORT", "5432"))
+    if not service_reachable(host, port):
+        skip = pytest.mark.skip(reason=f"PostgreSQL not reachable at {host}:{port}")
+        for item in items:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)
@@ -8,3 +23,11 @@ def _calls_dir(tmp_path, monkeypatch):
     calls.mkdir()
     monkeypatch.setenv("TASKS_LIVE_CALLS_DIR", str(calls))
     return calls
+
+
+def read_calls(calls_dir, name: str) -> list[str]:
+    """Every recorded call of handler ``name`` across all processes."""
+    lines: list[str] = []
+    for path in sorted(calls_dir.glob(f"{name}-*.log")):
+        lines += path.read_text().split()
+    return lines

@@ -121,7 +121,7 @@ class Supervisor:
                 if slot.assignment is not None:  # only after a second signal
                     slot.kill()
                     store.release(slot.assignment.run.pk, "WorkerStopped",
-                                  "worker stopped before the run finished")
+                                  "worker stopped before the run finished", counts=False)
                     slot.assignment = None
             for slot in self.slots:
                 slot.stop()

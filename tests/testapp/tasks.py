@@ -114,3 +114,14 @@ def django_fail() -> None:
 async def django_async(x: int) -> int:
     await asyncio.sleep(0)
     return x * 2
+
+
+@task("resumable", retries=2)
+def resumable(ctx, seconds: float = 1.0):
+    """A run worth retrying after its worker is lost (records one call per attempt)."""
+    _record("resumable", f"{ctx.run.id}:{ctx.run.attempt}")
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        ctx.check()
+        time.sleep(0.02)
+    return ctx.run.attempt

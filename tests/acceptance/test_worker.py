@@ -1,0 +1,157 @@
+"""The real ``tasks_worker`` command in subprocesses, driven and signalled by the tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+
+import pytest
+from django.db import connection
+
+import django_tasks_live as tasks_live
+from django_tasks_live import store
+from django_tasks_live.models import Run
+from django_tasks_live.states import Status
+from tests.conftest import read_calls
+from tests.support.db import requires_postgres
+from tests.support.processes import children, wait_until, worker_args
+from tests.support.tcpproxy import TcpProxy
+
+pytestmark = [pytest.mark.acceptance, pytest.mark.django_db(transaction=True)]
+
+
+def test_four_workers_run_every_run_exactly_once(tmp_path, _calls_dir):
+    total = 2000
+    runs = tasks_live.start_many([("noop", {"n": i}) for i in range(total)])
+    with children(tmp_path) as spawn:
+        workers = [spawn(worker_args("--concurrency", "2", "--burst")) for _ in range(4)]
+        for worker in workers:
+            assert worker.wait(240) == 0, worker.output()
+    calls = Counter(read_calls(_calls_dir, "noop"))
+    assert len(calls) == total and set(calls.values()) == {1}
+    counts = Counter(store.runs(run_ids=[r.pk for r in runs]).values_list("status", flat=True))
+    assert counts == {Status.COMPLETED: total}
+    # Each run went pending -> running -> completed, with one event per change.
+    run = Run.objects.get(pk=runs[0].pk)
+    assert [e.status for e in run.events.order_by("id")] == ["pending", "running", "completed"]
+
+
+def test_sigkilled_worker_is_recovered_by_another(tmp_path, _calls_dir):
+    run = tasks_live.start("resumable", seconds=1.0)
+    last_try = tasks_live.start("sleepy", seconds=1.0)  # no retries left: fails "worker lost"
+    with children(tmp_path) as spawn:
+        doomed = spawn(worker_args("--worker-id", "doomed", "--concurrency", "2"))
+        wait_until(lambda: store.runs(status=[Status.RUNNING]).count() == 2, 20, "runs started")
+        os.killpg(doomed.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        rescuer = spawn(worker_args("--worker-id", "rescuer"))
+        finished = tasks_live.wait(run.pk, timeout=30)
+        lost = tasks_live.wait(last_try.pk, timeout=30)
+        rescuer.stop()
+    assert time.monotonic() - killed_at < 30
+    assert finished.status == Status.COMPLETED
+    assert finished.attempt == 2
+    assert [e["type"] for e in finished.errors] == ["WorkerLost"]
+    assert finished.worker_ids == ["doomed", "rescuer"]
+    # The killed executor died with its supervisor: one call per attempt, never two at once.
+    assert sorted(read_calls(_calls_dir, "resumable")) == [f"{run.pk}:1", f"{run.pk}:2"]
+    assert lost.status == Status.FAILED and lost.error == "worker lost"
+    assert len(read_calls(_calls_dir, "sleepy")) == 1
+
+
+def test_cancel_timeouts_retries_against_a_real_worker(tmp_path):
+    pending = tasks_live.using(delay=3600).start("noop")
+    cooperative = tasks_live.start("sleepy", seconds=30)
+    stubborn = tasks_live.start("sleepy", seconds=30, cooperative=False)
+    hang = tasks_live.start("hang")
+    coop_timeout = tasks_live.start("coop-timeout")
+    flaky = tasks_live.start("flaky", fail_times=2)
+    with children(tmp_path) as spawn:
+        spawn(worker_args("--concurrency", "4"))
+        assert tasks_live.cancel(pending).status == Status.CANCELED
+        for run in (cooperative, stubborn):
+            wait_until(lambda r=run: Run.objects.get(pk=r.pk).status == Status.RUNNING, 20)
+            assert tasks_live.cancel(run).status == Status.CANCEL_REQUESTED
+        results = {r.pk: tasks_live.wait(r, timeout=30)
+                   for r in (cooperative, stubborn, hang, coop_timeout, flaky)}
+    assert results[cooperative.pk].status == Status.CANCELED
+    assert results[stubborn.pk].status == Status.CANCELED
+    assert "killed" in results[stubborn.pk].error
+    assert results[hang.pk].status == Status.TIMED_OUT
+    assert "killed" in results[hang.pk].error
+    assert results[coop_timeout.pk].status == Status.TIMED_OUT
+    assert results[flaky.pk].status == Status.COMPLETED
+    assert results[flaky.pk].attempt == 3
+    assert [e["message"] for e in results[flaky.pk].errors] == ["attempt 1 failed", "attempt 2 failed"]
+
+
+def test_sigterm_drains_in_flight_and_requeues_the_rest(tmp_path):
+    slow = [tasks_live.start("sleepy", seconds=1.5) for _ in range(4)]
+    with children(tmp_path) as spawn:
+        worker = spawn(worker_args("--concurrency", "1"))
+        wait_until(lambda: store.runs(status=[Status.RUNNING]).count() >= 1, 20, "a run started")
+        time.sleep(0.3)
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(30) == 0, worker.output()
+    statuses = Counter(store.runs(run_ids=[r.pk for r in slow]).values_list("status", flat=True))
+    # The one in flight finished; the others (including prefetched ones) are pending again.
+    assert statuses[Status.COMPLETED] >= 1
+    assert statuses[Status.COMPLETED] + statuses[Status.PENDING] == len(slow)
+    assert all(r.attempt == 0 for r in store.runs(status=[Status.PENDING]))
+
+
+def test_second_signal_stops_at_once_and_releases_the_run(tmp_path):
+    run = tasks_live.start("sleepy", seconds=60)
+    with children(tmp_path) as spawn:
+        worker = spawn(worker_args())
+        wait_until(lambda: Run.objects.get(pk=run.pk).status == Status.RUNNING, 20)
+        worker.signal(signal.SIGINT)
+        time.sleep(0.3)
+        worker.signal(signal.SIGINT)
+        assert worker.wait(15) == 1
+    run.refresh_from_db()
+    assert run.status == Status.PENDING  # ready for another worker; the attempt is not used up
+    assert run.attempt == 0
+    assert run.errors[-1]["type"] == "WorkerStopped"
+
+
+def test_django_tasks_api_end_to_end(tmp_path):
+    from django.tasks import TaskResultStatus
+
+    from tests.testapp.tasks import django_add, django_fail, django_with_context
+
+    ok = django_add.enqueue(2, 3)
+    ctx = django_with_context.using(priority=5).enqueue("v")
+    bad = django_fail.enqueue()
+    with children(tmp_path) as spawn:
+        spawn(worker_args())
+        for result in (ok, ctx, bad):
+            wait_until(lambda r=result: (r.refresh(), r.is_finished)[1], 30, f"result {result.id}")
+    assert ok.status == TaskResultStatus.SUCCESSFUL and ok.return_value == 5
+    assert ctx.return_value == "v:1"
+    assert bad.status == TaskResultStatus.FAILED
+    assert bad.errors[0].exception_class is ValueError
+    assert Run.objects.get(pk=ok.id).percent == 100.0  # the progress() helper reached the run
+
+
+@requires_postgres
+def test_database_outage_is_survived(tmp_path):
+    settings = connection.settings_dict
+    proxy = TcpProxy(settings["HOST"] or "127.0.0.1", int(settings["PORT"] or 5432))
+    try:
+        before = [tasks_live.start("noop", n=i) for i in range(20)]
+        with children(tmp_path) as spawn:
+            worker = spawn(worker_args("--concurrency", "2"), PGPORT=str(proxy.port))
+            for run in before:
+                tasks_live.wait(run, timeout=30)
+            proxy.cut()
+            during = [tasks_live.start("noop", n=i) for i in range(20)]
+            time.sleep(3)
+            assert worker.proc.poll() is None, worker.output()
+            proxy.restore()
+            for run in during:
+                assert tasks_live.wait(run, timeout=60).status == Status.COMPLETED
+    finally:
+        proxy.close()
