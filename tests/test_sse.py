@@ -1,0 +1,395 @@
+"""The event stream in-process: the consumer driven through ASGI, runs executed in threads.
+
+The acceptance tests (``tests/acceptance/test_stream.py``) repeat the important cases
+against a real daphne and worker process; these cover the protocol's details fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from asgiref.testing import ApplicationCommunicator
+from django.contrib.auth.models import AnonymousUser, User
+from django.db import close_old_connections
+from django.test import override_settings
+
+import django_tasks_live as tasks_live
+from django_tasks_live import authz, fanout, runner, sse_query, store
+from django_tasks_live.authz import Access
+from django_tasks_live.fanout import Batch, Hub, Mailbox
+from django_tasks_live.models import RunEvent
+from django_tasks_live.sse import EventStreamConsumer
+from django_tasks_live.sse_query import BadStreamRequest, StreamQuery
+from tests.support.sse import Event, FrameParser
+
+# ---------------------------------------------------------------- request parsing
+
+
+def test_filters_accept_commas_and_repeated_parameters():
+    query, last = sse_query.parse(b"task=a,b&task=c&run=1,2&status=running&label=env:prod"
+                                  b"&last_event_id=7")
+    assert query.tasks == {"a", "b", "c"}
+    assert query.run_ids == {1, 2}
+    assert query.statuses == {"running"}
+    assert query.labels == {"env": "prod"}
+    assert last == "7"
+
+
+@pytest.mark.parametrize("qs, reason", [
+    (b"status=bogus", "Unknown status 'bogus'"),
+    (b"run=abc", "run must be a run id"),
+    (b"run=-1", "run must be a run id"),
+    (b"label=novalue", "label must be key:value"),
+    (b"label=a__b:1", "label must be key:value"),
+    (b"label=k:1&label=k:2", "given twice"),
+    (b"colour=red", "Unknown parameter(s) colour"),
+    (b"task=" + b"x" * 201, "longer than 200"),
+    (b"task=" + b",".join(b"t%d" % i for i in range(51)), "Too many task values (51)"),
+    (b"task=" + b"x" * 20_000, "Query string longer"),
+])
+def test_bad_filters_are_refused_with_a_reason(qs, reason):
+    with pytest.raises(BadStreamRequest, match=reason.replace("(", r"\(").replace(")", r"\)")):
+        sse_query.parse(qs)
+
+
+@pytest.mark.parametrize("raw, parsed", [
+    ("12", 12), (" 12 ", 12), ("0", 0), ("abc", None), ("-1", None), ("1e3", None),
+    ("", None), (None, None), ("٣", None), (str(2**64), None),
+])
+def test_last_event_id_parsing(raw, parsed):
+    assert sse_query.parse_event_id(raw) == parsed
+
+
+def test_status_filter_still_delivers_status_changes_out_of_the_filtered_status():
+    query = StreamQuery(tasks=frozenset({"t"}), statuses=frozenset({"running"}))
+    assert query.matches("progress", {"task": "t", "status": "running"})
+    assert not query.matches("progress", {"task": "t", "status": "pending"})
+    assert not query.matches("created", {"task": "t", "status": "pending"})
+    assert query.matches("status", {"task": "t", "status": "completed"})  # leaves the filter
+    assert not query.matches("status", {"task": "other", "status": "running"})
+
+
+def test_default_authorization_staff_owner_anonymous():
+    staff = User(pk=1, username="s", is_staff=True)
+    user = User(pk=2, username="u")
+    assert authz.default_authorize(staff, {}) == Access()
+    assert authz.default_authorize(user, {}) == Access(owner_id=2)
+    assert authz.default_authorize(AnonymousUser(), {}) is None
+    assert Access(owner_id=2).allows(2, {}) and not Access(owner_id=2).allows(3, {})
+    assert not Access(labels={"tenant": "a"}).allows(None, {"labels": {"tenant": "b"}})
+
+
+def only_tenant_a(user: Any, scope: dict[str, Any]) -> Access:
+    return Access(labels={"tenant": "a"})
+
+
+@override_settings(TASKS_LIVE={"SSE_AUTHORIZE": "tests.test_sse.only_tenant_a"})
+def test_sse_authorize_setting_names_the_callable():
+    assert authz.stream_access(AnonymousUser(), {}) == Access(labels={"tenant": "a"})
+
+
+# ---------------------------------------------------------------- fan-out pieces
+
+
+def test_mailbox_overflow_drops_everything_and_flags_a_catch_up():
+    async def scenario():
+        box = Mailbox(size=3)
+        box.put(Batch(0, 2, [object(), object()]))  # type: ignore[list-item]
+        box.put(Batch(2, 4, [object(), object()]))  # type: ignore[list-item]
+        assert await box.wait(0.01)
+        entries, overflowed = box.take()
+        assert entries == [] and overflowed
+        assert not await box.wait(0.01)
+
+    asyncio.run(scenario())
+
+
+class FakeEvent:
+    def __init__(self, pk: int) -> None:
+        self.pk = pk
+
+
+def test_hub_holds_at_an_id_hole_until_it_fills_or_settles():
+    async def scenario():
+        hub = Hub()
+        hub._settle = 0.2
+        evs = [FakeEvent(i) for i in (11, 12, 14, 15)]
+        assert [e.pk for e in hub._contiguous(10, evs)] == [11, 12]  # 13 not committed yet
+        filled = [FakeEvent(i) for i in (13, 14, 15)]
+        assert [e.pk for e in hub._contiguous(12, filled)] == [13, 14, 15]
+        assert [e.pk for e in hub._contiguous(12, evs[2:])] == []  # a new hole at 13
+        await asyncio.sleep(0.25)  # never committed: rolled back, skip it
+        assert [e.pk for e in hub._contiguous(12, evs[2:])] == [14, 15]
+
+    asyncio.run(scenario())
+
+
+# ---------------------------------------------------------------- the consumer over ASGI
+
+
+class Client:
+    """One stream request against the consumer, in this process."""
+
+    def __init__(self, query: str = "", user: Any = None, last_event_id: str | None = None,
+                 method: str = "GET") -> None:
+        headers = [(b"last-event-id", last_event_id.encode())] if last_event_id else []
+        scope = {"type": "http", "method": method, "path": "/tasks/events/",
+                 "query_string": query.encode(), "headers": headers,
+                 "user": user or AnonymousUser()}
+        self.comm = ApplicationCommunicator(EventStreamConsumer.as_asgi(), scope)
+        self.parser = FrameParser()
+        self.events: list[Event] = []
+        self.body = b""
+        self.closed = False
+
+    async def start(self) -> dict[str, Any]:
+        await self.comm.send_input({"type": "http.request", "body": b""})
+        return await self.comm.receive_output(5)
+
+    async def read_until(self, predicate: Any, timeout: float = 10.0) -> list[Event]:
+        deadline = time.monotonic() + timeout
+        while not predicate(self.events):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self.closed:
+                raise AssertionError(f"not seen; got {[(e.event, e.id) for e in self.events]}")
+            self._take(await self.comm.receive_output(remaining))
+        return self.events
+
+    def _take(self, msg: dict[str, Any]) -> None:
+        self.body += msg.get("body", b"")
+        self.events += self.parser.feed(msg.get("body", b""))
+        self.closed = not msg.get("more_body", False)
+
+    async def collect(self, duration: float) -> None:
+        """Read whatever arrives for ``duration`` seconds (without timing out the app)."""
+        deadline = time.monotonic() + duration
+        while time.monotonic() < deadline and not self.closed:
+            if not await self.comm.receive_nothing(0.05):
+                self._take(await self.comm.receive_output(5))
+
+    async def close(self) -> None:
+        await self.comm.send_input({"type": "http.disconnect"})
+        await self.comm.wait(5)
+
+    def runs(self) -> list[Event]:
+        return [e for e in self.events if e.event == "run"]
+
+
+def has(kind: str, count: int = 1):
+    return lambda events: sum(e.event == kind for e in events) >= count
+
+
+def finished(run_id: int):
+    return lambda events: any(
+        e.event == "run" and e.run["id"] == run_id and e.run["status"] == "completed"
+        for e in events)
+
+
+def execute_in_thread(run_id: int) -> Any:
+    def work() -> None:
+        try:
+            runner.execute(run_id)
+        finally:
+            close_old_connections()
+
+    return asyncio.to_thread(work)
+
+
+pytestmark_db = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def staff(db):
+    return User.objects.create_user("staff", is_staff=True)
+
+
+@pytestmark_db
+def test_snapshot_then_live_events_in_id_order_to_the_terminal_state(staff):
+    old = tasks_live.start("add", a=1, b=2)
+
+    async def scenario():
+        client = Client("task=import-data,add", staff)
+        start = await client.start()
+        assert start["status"] == 200
+        assert dict(start["headers"])[b"Content-Type"] == b"text/event-stream"
+        assert dict(start["headers"])[b"Cache-Control"] == b"no-cache"
+        assert dict(start["headers"])[b"X-Accel-Buffering"] == b"no"
+        await client.read_until(has("snapshot"))
+        run = await asyncio.to_thread(lambda: tasks_live.start("import-data", rows=5))
+        await execute_in_thread(run.pk)
+        await client.read_until(finished(run.pk))
+        await client.close()
+        return client, run
+
+    client, run = asyncio.run(scenario())
+    retry, snapshot = client.events[:2]
+    assert (retry.event, retry.data) == ("retry", 2000)
+    assert [r["id"] for r in snapshot.data["runs"]] == [old.pk]
+    assert snapshot.id == snapshot.data["last_event_id"] == RunEvent.objects.get(run=old.pk).pk
+    ids = [e.id for e in client.runs()]
+    assert ids == sorted(set(ids)) and ids[0] > snapshot.id
+    assert ids == list(RunEvent.objects.filter(run=run.pk).values_list("id", flat=True))
+    kinds = [e.data["kind"] for e in client.runs()]
+    assert kinds[:2] == ["created", "status"] and kinds[-1] == "status"
+    assert client.runs()[-1].run["result"] == {"imported": 5}
+    assert client.runs()[-1].run["progress"]["percent"] == 100.0
+
+
+@pytestmark_db
+def test_reconnect_with_last_event_id_replays_exactly_the_missed_events(staff):
+    runs = [tasks_live.start("add", a=i, b=1) for i in range(3)]
+    for run in runs:
+        runner.execute(run.pk)
+    all_ids = list(RunEvent.objects.order_by("id").values_list("id", flat=True))
+    cut = all_ids[3]
+
+    async def scenario(**kwargs):
+        client = Client(user=staff, **kwargs)
+        await client.start()
+        await client.read_until(lambda ev: [e.id for e in client.runs()] == all_ids[4:])
+        await client.collect(0.3)  # and nothing more arrives
+        await client.close()
+        return client
+
+    by_header = asyncio.run(scenario(last_event_id=str(cut)))
+    by_query = asyncio.run(scenario(query=f"last_event_id={cut}"))
+    for client in (by_header, by_query):
+        assert [e.event for e in client.events] == ["retry"] + ["run"] * len(all_ids[4:])
+        assert [e.id for e in client.runs()] == all_ids[4:]
+
+
+@pytestmark_db
+@pytest.mark.parametrize("last_event_id, reason", [
+    ("not-a-number", "Malformed Last-Event-ID"),
+    ("999999", "newer than any stored event"),
+    ("1", "older than the retained events"),
+])
+def test_unusable_last_event_id_gets_a_reset_and_a_fresh_snapshot(staff, last_event_id, reason):
+    for _ in range(3):
+        runner.execute(tasks_live.start("add", a=1, b=1).pk)
+    RunEvent.objects.filter(pk__lte=3).delete()  # retention pruned the oldest events
+
+    async def scenario():
+        client = Client(user=staff, last_event_id=last_event_id)
+        assert (await client.start())["status"] == 200
+        await client.read_until(has("snapshot"))
+        await client.close()
+        return client
+
+    client = asyncio.run(scenario())
+    assert [e.event for e in client.events] == ["retry", "reset", "snapshot"]
+    assert reason in client.events[1].data["reason"]
+    assert len(client.events[2].data["runs"]) == 3
+    assert client.events[2].id == store.latest_event_id()
+
+
+@pytestmark_db
+def test_owner_sees_own_runs_stranger_sees_none_anonymous_is_refused(staff):
+    owner = User.objects.create_user("owner")
+    stranger = User.objects.create_user("stranger")
+    mine = tasks_live.using(owner=owner).start("add", a=1, b=2)
+    tasks_live.start("add", a=5, b=5)  # nobody's
+
+    async def watch(user):
+        client = Client(user=user)
+        start = await client.start()
+        if start["status"] != 200:
+            await client.read_until(lambda ev: client.closed)
+            return start["status"], client
+        await client.read_until(has("snapshot"))
+        await execute_in_thread(mine.pk)
+        await client.collect(1.0)  # two poll intervals: anything visible has arrived
+        await client.close()
+        return 200, client
+
+    status, anonymous = asyncio.run(watch(None))
+    assert status == 403 and b"log in" in anonymous.body
+    status, as_owner = asyncio.run(watch(owner))
+    assert [r["id"] for r in as_owner.events[1].data["runs"]] == [mine.pk]
+    assert {e.run["id"] for e in as_owner.runs()} == {mine.pk}
+    assert as_owner.runs()[-1].run["status"] == "completed"
+    status, as_stranger = asyncio.run(watch(stranger))
+    assert as_stranger.events[1].data["runs"] == [] and as_stranger.runs() == []
+
+
+@pytestmark_db
+def test_bad_requests_get_400_or_405_with_a_plain_text_reason(staff):
+    async def ask(**kwargs):
+        client = Client(user=staff, **kwargs)
+        start = await client.start()
+        await client.read_until(lambda ev: client.closed)
+        await client.comm.wait(5)
+        return start["status"], client.body.decode()
+
+    assert asyncio.run(ask(query="status=nope")) == (
+        400, "Unknown status 'nope'; use one of pending, running, retrying, cancel_requested, "
+        "completed, failed, canceled, timed_out.")
+    status, body = asyncio.run(ask(method="POST"))
+    assert status == 405 and "only answers GET" in body
+
+
+def execute_all(runs: list[Any]) -> int:
+    """Execute ``runs`` one after another; the id of the last event written."""
+    try:
+        for run in runs:
+            runner.execute(run.pk)
+        return store.latest_event_id()
+    finally:
+        close_old_connections()
+
+
+@pytestmark_db
+@override_settings(TASKS_LIVE={"SSE_QUEUE_SIZE": 2, "SSE_HEARTBEAT_INTERVAL": 0.1})
+def test_a_slow_stream_that_overflows_its_mailbox_catches_up_from_the_database(
+    staff, monkeypatch
+):
+    runs = [tasks_live.start("add", a=i, b=0) for i in range(10)]
+    overflows = []
+    take = Mailbox.take
+
+    def spy(self: Mailbox) -> Any:
+        entries, overflowed = take(self)
+        overflows.append(overflowed)
+        return entries, overflowed
+
+    monkeypatch.setattr(Mailbox, "take", spy)
+
+    async def scenario():
+        client = Client(user=staff)
+        await client.start()
+        await client.read_until(has("snapshot"))
+        target = await asyncio.to_thread(execute_all, runs)
+        await client.read_until(lambda ev: any(e.id == target for e in client.runs()))
+        await client.read_until(has("comment"))  # heartbeats while idle
+        await client.close()
+        return client
+
+    client = asyncio.run(scenario())
+    snapshot_id = client.events[1].id
+    ids = [e.id for e in client.runs()]
+    assert ids == list(RunEvent.objects.filter(pk__gt=snapshot_id).values_list("id", flat=True))
+    assert any(overflows)
+    assert any(e.event == "comment" and e.data == "heartbeat" for e in client.events)
+
+
+@pytestmark_db
+def test_an_exception_in_the_stream_ends_it_cleanly_and_frees_the_hub(staff, monkeypatch):
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("snapshot query failed")
+
+    monkeypatch.setattr(store, "snapshot", broken)
+
+    async def scenario():
+        client = Client(user=staff)
+        start = await client.start()
+        await client.read_until(lambda ev: client.closed)
+        await client.close()
+        return start, client, dict(fanout._hubs)
+
+    start, client, hubs = asyncio.run(scenario())
+    assert start["status"] == 200  # headers were out: the body just ends, no 500
+    assert client.closed and client.events == []
+    assert hubs == {}
