@@ -81,11 +81,18 @@ else:
     }
 
 CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
-if os.environ.get("TASKS_LIVE_CHANNEL_LAYER") == "redis":
+# "redis-drop" loses every other message on purpose (tests/support/layers.py).
+if os.environ.get("TASKS_LIVE_CHANNEL_LAYER") in ("redis", "redis-drop"):
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [os.environ.get("TASKS_LIVE_REDIS_URL", "redis://127.0.0.1:6379/0")]},
+            "BACKEND": "tests.support.layers.DroppingRedisChannelLayer"
+            if os.environ["TASKS_LIVE_CHANNEL_LAYER"] == "redis-drop"
+            else "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [os.environ.get("TASKS_LIVE_REDIS_URL", "redis://127.0.0.1:6379/0")],
+                # A prefix per test run keeps concurrent runs from hearing each other.
+                "prefix": os.environ.get("TASKS_LIVE_REDIS_PREFIX", "asgi"),
+            },
         }
     }
 
@@ -97,6 +104,10 @@ TASKS_LIVE = {
     "KILL_GRACE": 1.0,
     "RETRY_BACKOFF_BASE": 0.05,
     "SSE_HEARTBEAT_INTERVAL": float(os.environ.get("TASKS_LIVE_SSE_HEARTBEAT", "15")),
+    "SSE_POLL_INTERVAL": float(os.environ.get("TASKS_LIVE_SSE_POLL", "0.5")),
+    # Browser tests restart daphne: a short reconnect backoff keeps them quick.
+    "CLIENT_RECONNECT_INITIAL_MS": 200,
+    "CLIENT_RECONNECT_MAX_MS": 1000,
 }
 LOGGING = {
     "version": 1,

@@ -124,7 +124,9 @@ def item_context(run: Run | None, task_name: str, *, follow_task: bool) -> dict[
         "percent": percent,
         "bar_width": f"{max(0.0, min(percent or 0.0, 100.0)):.1f}%",
         "percent_text": "" if percent is None else f"{round(percent)}%",
-        "result_text": json.dumps(state["result"]) if state and "result" in state else "",
+        # Compact, as the client's JSON.stringify writes it.
+        "result_text": json.dumps(state["result"], separators=(",", ":"))
+        if state and "result" in state else "",
         "terminal": status in TERMINAL,
         "follow_task": follow_task,
     }
