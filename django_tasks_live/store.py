@@ -569,28 +569,76 @@ def advance_schedule(
 
 
 def prunable_runs(keep_last: int | None, days: float | None, now: dt.datetime | None = None) -> QuerySet[Run]:
-    """Terminal runs outside the retention policy (both limits must allow keeping a run)."""
+    """Terminal runs outside the retention policy.
+
+    A run is kept while it is among the newest ``keep_last`` terminal runs of its task
+    *or* finished less than ``days`` days ago; it is prunable only when every limit that
+    is set lets it go. Runs that are not finished are never prunable.
+    """
     using = _db()
-    now = now or timezone.now()
     terminal = Run.objects.using(using).filter(status__in=sorted(TERMINAL))
-    doomed = Q(pk__in=[])
+    if keep_last is None and days is None:
+        return terminal.none()
+    doomed = Q()
     if days is not None:
-        doomed |= Q(finished_at__lt=now - dt.timedelta(days=days))
+        doomed &= Q(finished_at__lt=(now or timezone.now()) - dt.timedelta(days=days))
     if keep_last is not None:
-        keep_ids: list[int] = []
-        for name in terminal.values_list("task_name", flat=True).distinct():
-            keep_ids += terminal.filter(task_name=name).order_by("-id").values_list(
-                "id", flat=True
-            )[:keep_last]
-        doomed |= ~Q(pk__in=keep_ids)
+        # Per task, the id of the newest run beyond the kept ones: one short index scan
+        # each (tl_run_task_status), instead of a list of every kept id.
+        beyond = Q(pk__in=[])
+        names = terminal.order_by().values_list("task_name", flat=True).distinct()
+        for name in names:
+            cut = (terminal.filter(task_name=name).order_by("-id")
+                   .values_list("id", flat=True)[keep_last:keep_last + 1].first())
+            if cut is not None:
+                beyond |= Q(task_name=name, id__lte=cut)
+        doomed &= beyond
     return terminal.filter(doomed)
 
 
-def prune(keep_last: int | None, days: float | None, dry_run: bool = False) -> dict[str, int]:
-    qs = prunable_runs(keep_last, days)
-    counts = {"runs": qs.count(), "events": RunEvent.objects.using(_db()).filter(run__in=qs).count()}
-    if not dry_run and counts["runs"]:
-        with transaction.atomic(using=_db()):
-            RunEvent.objects.using(_db()).filter(run__in=qs).delete()
-            qs.delete()
+def prune(
+    keep_last: int | None,
+    days: float | None,
+    dry_run: bool = False,
+    batch_size: int = 1000,
+    now: dt.datetime | None = None,
+) -> dict[str, int]:
+    """Delete the runs :func:`prunable_runs` selects, with their events, in batches.
+
+    Each batch is its own short transaction, so a prune of a million runs never holds
+    the database (or SQLite's write lock) for long. Returns what was (or, with
+    ``dry_run``, would be) deleted: ``{"runs": n, "events": m}``.
+    """
+    if keep_last is not None and (type(keep_last) is not int or keep_last < 0):
+        raise ValueError(f"keep_last must be an integer >= 0 or None, got {keep_last!r}.")
+    if days is not None and (type(days) not in (int, float) or not 0 <= days < float("inf")):
+        raise ValueError(f"days must be a number >= 0 or None, got {days!r}.")
+    if type(batch_size) is not int or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
+    using = _db()
+    qs = prunable_runs(keep_last, days, now)
+    if dry_run:
+        return {"runs": qs.count(),
+                "events": RunEvent.objects.using(using).filter(run__in=qs.values("id")).count()}
+    counts = {"runs": 0, "events": 0}
+    while ids := list(qs.order_by().values_list("id", flat=True)[:batch_size]):
+        with transaction.atomic(using=using):
+            counts["events"] += RunEvent.objects.using(using).filter(run_id__in=ids).delete()[0]
+            Run.objects.using(using).filter(rerun_of_id__in=ids).update(rerun_of=None)
+            counts["runs"] += _delete_rows(Run, ids, using)
     return counts
+
+
+def _delete_rows(model: Any, ids: list[int], using: str) -> int:
+    """``DELETE ... WHERE id IN (ids)`` in one statement.
+
+    The ORM's ``delete()`` loads every row to collect cascades (about 10x slower here);
+    the callers delete the dependent rows (events, rerun links) themselves first.
+    """
+    connection = connections[using]
+    table = connection.ops.quote_name(model._meta.db_table)
+    column = connection.ops.quote_name(model._meta.pk.column)
+    marks = ", ".join(["%s"] * len(ids))  # names come from _meta; ids are parameters
+    with connection.cursor() as cursor:
+        cursor.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", ids)
+        return cursor.rowcount
