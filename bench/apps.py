@@ -1,3 +1,5 @@
+import os
+
 from django.apps import AppConfig
 
 
@@ -13,3 +15,7 @@ class BenchConfig(AppConfig):
         from django_tasks_live.sqlite import configure_connection
 
         connection_created.connect(configure_connection, dispatch_uid="tasks_live_sqlite")
+        if os.environ.get("BENCH_QUERY_LOG"):
+            from .querylog import install
+
+            connection_created.connect(install, dispatch_uid="bench_querylog")

@@ -1,0 +1,343 @@
+"""Benchmark of the live stream: latency and fan-out through a real daphne.
+
+    .venv/bin/python bench/stream.py [--clients 1000] [--rate 50] [--seconds 20]
+
+1. Latency, worker process -> daphne -> client: a ``tasks_worker`` runs ``import-data``
+   handlers that report progress; one SSE client records when each persisted event
+   arrives. Latency = arrival (wall clock) - the event row's ``created_at`` (set in the
+   worker just before it commits). Once with the Redis layer, once with the in-memory
+   layer (the worker is another process, so that path is the RunEvent poll).
+2. Fan-out: ``--clients`` concurrent SSE clients on one daphne process with the Redis
+   layer while a generator process writes ``--rate`` progress events per second for
+   ``--seconds``; per event and client: delivered or lost, and the delivery latency.
+   daphne's RSS is read before and after the clients connect.
+
+Uses the test project (``tests.settings``, ``tests.asgi``) on a fresh SQLite file and a
+Redis key prefix of its own. Targets: p50 <= 50 ms, p99 <= 250 ms, 0 lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ID_LINE = re.compile(rb"(?m)^id: (\d+)$")
+
+
+# ---------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        return subprocess.Popen(args, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+def start_daphne(env: dict[str, str], logdir: Path, name: str) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    proc = spawn([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+                  "tests.asgi:application"], env, logdir / f"{name}.log")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"daphne did not start: {(logdir / f'{name}.log').read_text()}")
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+# ---------------------------------------------------------------- SSE clients
+
+
+class Recorder:
+    """Arrival times of event ids ``base < id <= base + size`` for one client."""
+
+    def __init__(self, base: int, size: int) -> None:
+        self.base = base
+        self.times = array.array("d", bytes(8 * (size + 1)))
+        self.snapshot_id: int | None = None
+        self.status = 0
+
+    def got(self, event_id: int, at: float) -> None:
+        if self.snapshot_id is None:
+            self.snapshot_id = event_id  # the snapshot is the first frame with an id
+        index = event_id - self.base
+        if 0 < index < len(self.times) and not self.times[index]:
+            self.times[index] = at
+
+
+async def sse_client(port: int, cookie: str, rec: Recorder, stop_event: asyncio.Event,
+                     connected: asyncio.Queue[int]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET /tasks/events/ HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: sessionid={cookie}"
+                 f"\r\nAccept: text/event-stream\r\n\r\n".encode())
+    head = await reader.readuntil(b"\r\n\r\n")
+    rec.status = int(head.split(b" ", 2)[1])
+    await connected.put(rec.status)
+    tail = b""
+    try:
+        while not stop_event.is_set():
+            chunk = await reader.read(65536)
+            if not chunk:
+                break
+            now = time.time()
+            data = tail + chunk
+            cut = data.rfind(b"\n") + 1
+            tail = data[cut:]
+            for match in ID_LINE.finditer(data, 0, cut):
+                rec.got(int(match.group(1)), now)
+    finally:
+        writer.close()
+
+
+async def open_clients(port: int, cookie: str, count: int, base: int, size: int,
+                       stop_event: asyncio.Event) -> tuple[list[Recorder], list[asyncio.Task]]:
+    recorders = [Recorder(base, size) for _ in range(count)]
+    connected: asyncio.Queue[int] = asyncio.Queue()
+    tasks = []
+    for index, rec in enumerate(recorders):
+        tasks.append(asyncio.create_task(sse_client(port, cookie, rec, stop_event, connected)))
+        if index % 50 == 49:
+            await asyncio.sleep(0.05)  # a ramp, not a SYN flood
+    statuses = [await asyncio.wait_for(connected.get(), 60) for _ in recorders]
+    bad = [s for s in statuses if s != 200]
+    if bad:
+        raise RuntimeError(f"{len(bad)} clients got HTTP {set(bad)}")
+    deadline = time.monotonic() + 60  # every client has its snapshot
+    while any(r.snapshot_id is None for r in recorders) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return recorders, tasks
+
+
+# ---------------------------------------------------------------- analysis
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+def deliveries(recorders: list[Recorder], created: dict[int, float]) -> tuple[list[float], int]:
+    """Sorted latencies (s) of every (client, event) pair after its snapshot, and losses."""
+    latencies: list[float] = []
+    lost = 0
+    for rec in recorders:
+        for event_id, at in created.items():
+            if rec.snapshot_id is not None and event_id <= rec.snapshot_id:
+                continue
+            arrived = rec.times[event_id - rec.base]
+            if arrived:
+                latencies.append(arrived - at)
+            else:
+                lost += 1
+    latencies.sort()
+    return latencies, lost
+
+
+def events_since(base: int, worker_only: bool = False) -> dict[int, float]:
+    """Event id -> when its row was made; ``worker_only`` leaves out ``created`` events
+    (written by this process, which pushes to no layer, not by the worker)."""
+    from django_tasks_live.models import RunEvent
+
+    qs = RunEvent.objects.filter(pk__gt=base)
+    if worker_only:
+        qs = qs.exclude(kind="created")
+    return {pk: at.timestamp() for pk, at in qs.values_list("id", "created_at")}
+
+
+# ---------------------------------------------------------------- phases
+
+
+def latency_phase(env: dict[str, str], logdir: Path, cookie: str, runs: int, name: str) -> dict:
+    import django_tasks_live as tasks_live
+    from django_tasks_live import store
+
+    daphne, port = start_daphne(env, logdir, f"daphne-{name}")
+    worker = spawn([sys.executable, "-m", "django", "tasks_worker", "--concurrency", "2"], env,
+                   logdir / f"worker-{name}.log")
+    try:
+        base = store.latest_event_id()
+
+        async def run() -> list[Recorder]:
+            stop_event = asyncio.Event()
+            recorders, tasks = await open_clients(port, cookie, 1, base, 20_000, stop_event)
+            started = [await asyncio.to_thread(tasks_live.start, "import-data", rows=150,
+                                               delay=0.01) for _ in range(runs)]
+            for item in started:
+                await asyncio.to_thread(tasks_live.wait, item.pk, 120)
+            await asyncio.sleep(1.0)
+            stop_event.set()
+            for task in tasks:
+                task.cancel()
+            return recorders
+
+        recorders = asyncio.run(run())
+        latencies, lost = deliveries(recorders, events_since(base, worker_only=True))
+    finally:
+        stop(worker)
+        stop(daphne)
+    return {"name": name, "n": len(latencies), "lost": lost, "p50": percentile(latencies, 0.5),
+            "p99": percentile(latencies, 0.99), "max": latencies[-1] if latencies else 0.0}
+
+
+GENERATOR = """
+import os, sys, time
+import django
+django.setup()
+import django_tasks_live as tasks_live
+from django_tasks_live import events, store
+from django_tasks_live.states import Status
+rate, seconds = float(sys.argv[1]), float(sys.argv[2])
+run = tasks_live.start("noop")
+store.transition(run.pk, Status.RUNNING, worker_id="bench")
+total = int(rate * seconds)
+start = time.monotonic()
+for i in range(total):
+    time.sleep(max(0.0, start + i / rate - time.monotonic()))
+    store.save_progress(run.pk, progress_current=float(i + 1), progress_total=float(total),
+                        percent=round(100.0 * (i + 1) / total, 2), progress_message="bench")
+store.transition(run.pk, Status.COMPLETED, result=total)
+events.pusher.flush(5)
+print("generated", total, "in", round(time.monotonic() - start, 2), "s", flush=True)
+"""
+
+
+def fanout_phase(env: dict[str, str], logdir: Path, cookie: str, clients: int, rate: float,
+                 seconds: float) -> dict:
+    from django_tasks_live import store
+
+    daphne, port = start_daphne(env, logdir, "daphne-fanout")
+    try:
+        base = store.latest_event_id()
+        size = int(rate * seconds) + 1000
+
+        async def run() -> tuple[list[Recorder], int, int, float]:
+            stop_event = asyncio.Event()
+            warm, warm_tasks = await open_clients(port, cookie, 1, base, size, stop_event)
+            rss_before = rss_kb(daphne.pid)
+            recorders, tasks = await open_clients(port, cookie, clients - 1, base, size,
+                                                  stop_event)
+            rss_after = rss_kb(daphne.pid)
+            began = time.monotonic()
+            gen = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", GENERATOR, str(rate), str(seconds), env=env, cwd=ROOT,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            out, _ = await gen.communicate()
+            if gen.returncode:
+                raise RuntimeError(f"generator failed:\n{out.decode()}")
+            await asyncio.sleep(2.0)  # the tail
+            stop_event.set()
+            for task in tasks + warm_tasks:
+                task.cancel()
+            return warm + recorders, rss_before, rss_after, time.monotonic() - began
+
+        recorders, rss_before, rss_after, elapsed = asyncio.run(run())
+        created = events_since(base)
+        latencies, lost = deliveries(recorders, created)
+    finally:
+        stop(daphne)
+    return {"name": f"fan-out {clients} clients, {rate:g} ev/s, redis", "n": len(latencies),
+            "lost": lost, "p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99),
+            "max": latencies[-1] if latencies else 0.0, "events": len(created),
+            "rss_per_conn_kb": (rss_after - rss_before) / max(1, clients - 1),
+            "rss_before_mb": rss_before / 1024, "rss_after_mb": rss_after / 1024,
+            "elapsed": elapsed}
+
+
+# ---------------------------------------------------------------- main
+
+
+def setup(tmp: Path) -> tuple[dict[str, str], str]:
+    env = dict(os.environ)
+    env.update(DJANGO_SETTINGS_MODULE="tests.settings",
+               TASKS_LIVE_DB_NAME=str(tmp / "bench.sqlite3"),
+               TASKS_LIVE_REDIS_PREFIX=f"tl-bench-{os.getpid()}",
+               TASKS_LIVE_CALLS_DIR=str(tmp),
+               PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+               PYTHONUNBUFFERED="1")
+    os.environ.update(env)
+    sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+    from django.contrib.auth.models import User
+    from django.core.management import call_command
+    from django.test import Client
+
+    call_command("migrate", verbosity=0)
+    staff = User.objects.create_user("bench", is_staff=True)
+    client = Client()
+    client.force_login(staff)
+    return env, client.cookies["sessionid"].value
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=1000)
+    parser.add_argument("--rate", type=float, default=50.0)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--latency-runs", type=int, default=6)
+    parser.add_argument("--skip-fanout", action="store_true")
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="tl-bench-stream-"))
+    env, cookie = setup(tmp)
+    redis = {**env, "TASKS_LIVE_CHANNEL_LAYER": "redis"}
+    rows = [latency_phase(redis, tmp, cookie, args.latency_runs, "worker->client, redis"),
+            latency_phase(env, tmp, cookie, args.latency_runs, "worker->client, in-memory (poll)")]
+    if not args.skip_fanout:
+        rows.append(fanout_phase(redis, tmp, cookie, args.clients, args.rate, args.seconds))
+
+    print(f"\nlogs: {tmp}\n")
+    print(f"| {'scenario':<42} | {'deliveries':>10} | {'lost':>4} | {'p50 ms':>7} | "
+          f"{'p99 ms':>7} | {'max ms':>7} |")
+    print(f"|{'-' * 44}|{'-' * 12}|{'-' * 6}|{'-' * 9}|{'-' * 9}|{'-' * 9}|")
+    for row in rows:
+        print(f"| {row['name']:<42} | {row['n']:>10} | {row['lost']:>4} | "
+              f"{row['p50'] * 1000:>7.1f} | {row['p99'] * 1000:>7.1f} | {row['max'] * 1000:>7.1f} |")
+    for row in rows:
+        if "rss_per_conn_kb" in row:
+            print(f"\ndaphne RSS: {row['rss_before_mb']:.1f} MB with 1 client, "
+                  f"{row['rss_after_mb']:.1f} MB with {args.clients} "
+                  f"({row['rss_per_conn_kb']:.1f} KB per connection); "
+                  f"{row['events']} events in {row['elapsed']:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
