@@ -40,8 +40,9 @@ class IllegalTransition(ValueError):
     """A status change that the lifecycle does not allow (e.g. completed -> running)."""
 
     def __init__(self, run_id: int, current: str, target: str) -> None:
-        self.run_id, self.current, self.target = run_id, current, target
-        super().__init__(f"Run {run_id} cannot move from {current!r} to {target!r}.")
+        # str(): a Status member would show as "Status.COMPLETED" in the message.
+        self.run_id, self.current, self.target = run_id, str(current), str(target)
+        super().__init__(f"Run {run_id} cannot move from {self.current!r} to {self.target!r}.")
 
 
 def can_move(current: str, target: str) -> bool:

@@ -1,0 +1,247 @@
+"""The persistence layer: guarded transitions, events, claims, recovery."""
+
+import datetime as dt
+
+import pytest
+from django.utils import timezone
+
+from django_tasks_live import events, store
+from django_tasks_live.models import Run, RunEvent, Worker
+from django_tasks_live.states import IllegalTransition, Status
+
+pytestmark = pytest.mark.django_db
+
+
+def new(task: str = "noop", **fields) -> Run:
+    return store.create_runs([store.NewRun(task_name=task, **fields)])[0]
+
+
+def kinds(run: Run) -> list[tuple[str, str]]:
+    return list(RunEvent.objects.filter(run=run).order_by("id").values_list("kind", "status"))
+
+
+def running(worker: str = "w1", **fields) -> Run:
+    run = new(**fields)
+    return store.claim_run(run.pk, worker)
+
+
+def worker(worker_id: str, seconds_ago: float = 0.0, stopped: bool = False) -> Worker:
+    w = store.register_worker(worker_id, "host", 1, ["default"], 1)
+    at = timezone.now() - dt.timedelta(seconds=seconds_ago)
+    Worker.objects.filter(pk=worker_id).update(heartbeat_at=at, stopped_at=at if stopped else None)
+    return w
+
+
+# ---------------------------------------------------------------- creating and transitions
+
+
+def test_create_runs_inserts_pending_runs_with_a_created_event():
+    runs = store.create_runs([store.NewRun(task_name="noop", kwargs={"n": i}) for i in range(3)])
+    assert [r.status for r in runs] == [Status.PENDING] * 3
+    assert all(kinds(r) == [("created", "pending")] for r in runs)
+    event = RunEvent.objects.get(run=runs[0])
+    assert event.data == runs[0].to_state()
+    assert event.data["status"] == "pending" and event.data["task"] == "noop"
+
+
+def test_create_run_once_respects_the_active_unique_key():
+    first = store.create_run_once(store.NewRun(task_name="noop", unique_key="k"))
+    assert first is not None
+    assert store.create_run_once(store.NewRun(task_name="noop", unique_key="k")) is None
+    store.transition(first.pk, Status.CANCELED)
+    assert store.create_run_once(store.NewRun(task_name="noop", unique_key="k")) is not None
+
+
+def test_transition_saves_fields_and_appends_a_status_event():
+    run = running()
+    done = store.transition(run.pk, Status.COMPLETED, result={"ok": True})
+    assert done.status == Status.COMPLETED and done.finished_at is not None
+    stored = Run.objects.get(pk=run.pk)
+    assert (stored.status, stored.result) == (Status.COMPLETED, {"ok": True})
+    assert kinds(run) == [("created", "pending"), ("status", "running"), ("status", "completed")]
+    last = RunEvent.objects.filter(run=run).last()
+    assert last.data["result"] == {"ok": True}
+
+
+@pytest.mark.parametrize("start,target", [
+    (Status.PENDING, Status.COMPLETED),
+    (Status.COMPLETED, Status.RUNNING),
+    (Status.CANCELED, Status.PENDING),
+    (Status.PENDING, Status.TIMED_OUT),
+])
+def test_illegal_transition_raises_and_writes_nothing(start, target):
+    run = new()
+    Run.objects.filter(pk=run.pk).update(status=start)
+    before = Run.objects.get(pk=run.pk)
+    events_before = RunEvent.objects.count()
+    with pytest.raises(IllegalTransition, match=f"cannot move from '{start}' to '{target}'"):
+        store.transition(run.pk, target, result=42, error="should not stick")
+    after = Run.objects.get(pk=run.pk)
+    assert (after.status, after.result, after.error, after.updated_at) == (
+        before.status, before.result, before.error, before.updated_at)
+    assert RunEvent.objects.count() == events_before
+    assert store.transition_if(run.pk, target) is None
+
+
+def test_transition_of_a_missing_run_is_a_clear_error():
+    with pytest.raises(Run.DoesNotExist, match="Run 999999 does not exist"):
+        store.transition(999999, Status.CANCELED)
+
+
+def test_events_are_pushed_only_after_commit(monkeypatch, django_capture_on_commit_callbacks):
+    pushed = []
+    monkeypatch.setattr(events.pusher, "push", pushed.extend)
+    with django_capture_on_commit_callbacks(execute=True):
+        run = new()
+        assert pushed == []  # not before the transaction commits
+    assert [(m["type"], m["kind"], m["run"]["id"]) for m in pushed] == [
+        ("tasks_live.event", "created", run.pk)]
+    assert pushed[0]["id"] == RunEvent.objects.get(run=run).pk
+
+
+def test_save_progress_writes_active_runs_only():
+    run = running()
+    assert store.save_progress(run.pk, progress_message="half", percent=50.0) == Status.RUNNING
+    assert Run.objects.get(pk=run.pk).percent == 50.0
+    assert kinds(run)[-1] == ("progress", "running")
+    store.transition(run.pk, Status.COMPLETED)
+    count = RunEvent.objects.count()
+    assert store.save_progress(run.pk, percent=75.0) == Status.COMPLETED
+    assert Run.objects.get(pk=run.pk).percent == 50.0 and RunEvent.objects.count() == count
+    assert store.save_progress(424242, percent=1.0) is None
+
+
+def test_save_progress_reports_a_cancel_request():
+    run = running()
+    store.transition(run.pk, Status.CANCEL_REQUESTED)
+    assert store.save_progress(run.pk, percent=10.0) == Status.CANCEL_REQUESTED
+
+
+# ---------------------------------------------------------------- claiming
+
+
+def test_claim_order_is_priority_then_run_after_then_fifo():
+    now = timezone.now()
+    low = new(priority=-5)
+    fifo_1 = new(run_after=now - dt.timedelta(seconds=10))
+    fifo_2 = new(run_after=now - dt.timedelta(seconds=10))
+    older = new(run_after=now - dt.timedelta(seconds=60))
+    urgent = new(priority=10)
+    claimed = store.claim("w1", None, limit=10)
+    assert [r.pk for r in claimed] == [urgent.pk, older.pk, fifo_1.pk, fifo_2.pk, low.pk]
+
+
+def test_claim_takes_a_batch_marks_it_running_and_counts_the_attempt():
+    runs = [new() for _ in range(5)]
+    first = store.claim("w1", None, limit=3)
+    second = store.claim("w2", None, limit=3)
+    assert [r.pk for r in first] == [r.pk for r in runs[:3]]
+    assert [r.pk for r in second] == [r.pk for r in runs[3:]]
+    assert store.claim("w3", None, limit=3) == []
+    for run in first:
+        assert (run.status, run.worker_id, run.attempt) == (Status.RUNNING, "w1", 1)
+        assert run.started_at is not None
+        assert kinds(run)[-1] == ("status", "running")
+
+
+def test_claim_skips_runs_not_yet_due_and_other_queues():
+    later = new(run_after=timezone.now() + dt.timedelta(minutes=5))
+    other = new(queue="other")
+    mine = new()
+    assert [r.pk for r in store.claim("w1", ["default"], limit=10)] == [mine.pk]
+    assert [r.pk for r in store.claim("w1", ["other"], limit=10)] == [other.pk]
+    assert Run.objects.get(pk=later.pk).status == Status.PENDING
+    assert not store.has_due(None)
+
+
+def test_a_retrying_run_is_claimed_once_its_backoff_passed():
+    run = running()
+    store.transition(run.pk, Status.RETRYING, run_after=timezone.now() + dt.timedelta(seconds=60))
+    assert store.claim("w1", None, limit=5) == []
+    Run.objects.filter(pk=run.pk).update(run_after=timezone.now())
+    again = store.claim("w1", None, limit=5)
+    assert [(r.pk, r.attempt) for r in again] == [(run.pk, 2)]
+
+
+def test_claim_run_claims_a_specific_run_once():
+    run = new()
+    assert store.claim_run(run.pk, "w1").status == Status.RUNNING
+    assert store.claim_run(run.pk, "w2") is None
+    assert Run.objects.get(pk=run.pk).worker_id == "w1"
+
+
+def test_requeue_returns_unstarted_runs_without_counting_the_attempt():
+    run = running()
+    assert store.requeue([run.pk], reason="worker stopping") == [run.pk]
+    back = Run.objects.get(pk=run.pk)
+    assert (back.status, back.attempt, back.worker_id, back.progress_message) == (
+        Status.PENDING, 0, "", "worker stopping")
+    store.transition(run.pk, Status.CANCELED)
+    assert store.requeue([run.pk]) == []
+
+
+# ---------------------------------------------------------------- recovery
+
+
+def test_lost_worker_runs_go_back_to_pending_when_attempts_remain():
+    worker("dead", seconds_ago=60)
+    run = running("dead", max_attempts=2)
+    assert [r.pk for r in store.recover_lost_runs(heartbeat_timeout=30)] == [run.pk]
+    back = Run.objects.get(pk=run.pk)
+    assert (back.status, back.worker_id, back.attempt) == (Status.PENDING, "", 1)
+    assert back.errors[-1]["type"] == "WorkerLost" and back.worker_ids == ["dead"]
+
+
+def test_lost_worker_runs_fail_when_no_attempt_is_left():
+    worker("dead", seconds_ago=60)
+    run = running("dead", max_attempts=1)
+    store.recover_lost_runs(heartbeat_timeout=30)
+    failed = Run.objects.get(pk=run.pk)
+    assert (failed.status, failed.error, failed.error_type) == (Status.FAILED, "worker lost", "WorkerLost")
+
+
+def test_a_lost_run_with_a_cancel_request_ends_canceled():
+    worker("dead", seconds_ago=60)
+    run = running("dead", max_attempts=3)
+    store.transition(run.pk, Status.CANCEL_REQUESTED)
+    store.recover_lost_runs(heartbeat_timeout=30)
+    assert Run.objects.get(pk=run.pk).status == Status.CANCELED
+
+
+def test_runs_of_a_live_worker_are_never_rescued():
+    worker("alive", seconds_ago=1)
+    run = running("alive", max_attempts=3)
+    assert store.recover_lost_runs(heartbeat_timeout=30) == []
+    assert Run.objects.get(pk=run.pk).status == Status.RUNNING
+
+
+def test_stopped_and_unknown_workers_count_as_lost():
+    worker("stopped", stopped=True)
+    a = running("stopped", max_attempts=2)
+    b = running("never-registered", max_attempts=2)
+    assert {r.pk for r in store.recover_lost_runs(heartbeat_timeout=30)} == {a.pk, b.pk}
+
+
+def test_a_lost_run_is_rescued_once():
+    worker("dead", seconds_ago=60)
+    run = running("dead", max_attempts=3)
+    assert len(store.recover_lost_runs(heartbeat_timeout=30)) == 1
+    assert store.recover_lost_runs(heartbeat_timeout=30) == []
+    assert [k for k in kinds(run) if k[1] == "pending"] == [("created", "pending"), ("status", "pending")]
+
+
+def test_recover_runs_of_one_named_worker():
+    worker("alive", seconds_ago=0)
+    mine = running("alive", max_attempts=2)
+    other = running("w2", max_attempts=2)
+    assert [r.pk for r in store.recover_lost_runs(30, worker_id="alive")] == [mine.pk]
+    assert Run.objects.get(pk=other.pk).status == Status.RUNNING
+
+
+def test_heartbeat_keeps_a_worker_alive():
+    worker("w", seconds_ago=60)
+    assert not store.worker_alive("w", 30)
+    store.heartbeat("w", processed=3)
+    assert store.worker_alive("w", 30)
+    store.stop_worker("w")
+    assert not store.worker_alive("w", 30)
