@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
 from django.apps import AppConfig
 
@@ -17,8 +18,8 @@ def serving_web() -> bool:
     Management commands such as ``migrate`` or ``demo_user`` import the apps too; a
     worker thread there would claim runs and die with the command.
     """
-    program = os.path.basename(sys.argv[0])
-    if program == "daphne" or program.startswith("daphne"):
+    program = Path(sys.argv[0])
+    if program.name.startswith("daphne") or program.parent.name == "daphne":  # python -m daphne
         return True
     if "runserver" in sys.argv[1:2]:
         # The autoreloader's parent process only watches files; its child serves.

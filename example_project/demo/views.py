@@ -40,7 +40,6 @@ DEMO_TASKS: dict[str, tuple[str, Callable[[Any], Any]]] = {
 }
 
 
-@login_required
 def home(request: HttpRequest) -> HttpResponse:
     demo_tasks = [{"name": name, "label": label} for name, (label, _) in DEMO_TASKS.items()]
     return render(request, "demo/home.html", {"demo_tasks": demo_tasks,
