@@ -37,7 +37,8 @@ def _rows_for(results: list[dict], db: str) -> list[dict]:
 def render(results: list[dict], dbs: list[str], meta: dict[str, Any], notes: list[str]) -> str:
     levels = meta["concurrency"].split(",")
     lat_at = str(meta["latency_at"])
-    head = ["system"] + [f"c{c} jobs/s" for c in levels] + [f"idle p50 ms (c{lat_at})", "p99 ms"]
+    head = ["system"] + [f"c{c} jobs/s" for c in levels]
+    head += [f"idle p50 ms (c{lat_at})", "p99 ms", "enqueue p50 ms"]
     head += [f"ours÷peer c{c}" for c in levels] + ["peer p50÷ours p50"]
     lines = [
         f"Worker benchmark: {meta['n']:,} no-ops per throughput phase, {meta['samples']} idle "
@@ -55,7 +56,8 @@ def render(results: list[dict], dbs: list[str], meta: dict[str, Any], notes: lis
             if r.get("error"):
                 label += f" — error: {r['error'][:80]}"
             cells = [label] + [_fmt(_thr(r, c)) for c in levels]
-            cells += [_fmt(_lat(r, lat_at, "p50_ms"), 1), _fmt(_lat(r, lat_at, "p99_ms"), 1)]
+            cells += [_fmt(_lat(r, lat_at, "p50_ms"), 1), _fmt(_lat(r, lat_at, "p99_ms"), 1),
+                      _fmt(_lat(r, lat_at, "enqueue_p50_ms"), 1)]
             cells += [_ratio(_thr(ours, c), _thr(r, c)) for c in levels]
             cells += [_ratio(_lat(r, lat_at, "p50_ms"), _lat(ours, lat_at, "p50_ms"))]
             lines.append("| " + " | ".join(cells) + " |")

@@ -74,6 +74,12 @@ def start_daphne(env: dict[str, str], logdir: Path, name: str) -> tuple[subproce
     raise RuntimeError(f"daphne did not start: {(logdir / f'{name}.log').read_text()}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_kb(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -255,6 +261,7 @@ def fanout_phase(env: dict[str, str], logdir: Path, cookie: str, clients: int, r
                                                   stop_event)
             rss_after = rss_kb(daphne.pid)
             began = time.monotonic()
+            cpu = (cpu_seconds(daphne.pid), time.process_time())
             gen = await asyncio.create_subprocess_exec(
                 sys.executable, "-c", GENERATOR, str(rate), str(seconds), env=env, cwd=ROOT,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
@@ -262,11 +269,15 @@ def fanout_phase(env: dict[str, str], logdir: Path, cookie: str, clients: int, r
             if gen.returncode:
                 raise RuntimeError(f"generator failed:\n{out.decode()}")
             await asyncio.sleep(2.0)  # the tail
+            elapsed = time.monotonic() - began
+            busy["daphne"] = (cpu_seconds(daphne.pid) - cpu[0]) / elapsed
+            busy["clients"] = (time.process_time() - cpu[1]) / elapsed
             stop_event.set()
             for task in tasks + warm_tasks:
                 task.cancel()
-            return warm + recorders, rss_before, rss_after, time.monotonic() - began
+            return warm + recorders, rss_before, rss_after, elapsed
 
+        busy: dict[str, float] = {}
         recorders, rss_before, rss_after, elapsed = asyncio.run(run())
         created = events_since(base)
         latencies, lost = deliveries(recorders, created)
@@ -277,7 +288,7 @@ def fanout_phase(env: dict[str, str], logdir: Path, cookie: str, clients: int, r
             "max": latencies[-1] if latencies else 0.0, "events": len(created),
             "rss_per_conn_kb": (rss_after - rss_before) / max(1, clients - 1),
             "rss_before_mb": rss_before / 1024, "rss_after_mb": rss_after / 1024,
-            "elapsed": elapsed}
+            "elapsed": elapsed, "cpu_daphne": busy["daphne"], "cpu_clients": busy["clients"]}
 
 
 # ---------------------------------------------------------------- main
@@ -336,7 +347,8 @@ def main() -> None:
             print(f"\ndaphne RSS: {row['rss_before_mb']:.1f} MB with 1 client, "
                   f"{row['rss_after_mb']:.1f} MB with {args.clients} "
                   f"({row['rss_per_conn_kb']:.1f} KB per connection); "
-                  f"{row['events']} events in {row['elapsed']:.1f} s")
+                  f"{row['events']} events in {row['elapsed']:.1f} s; CPU: daphne "
+                  f"{row['cpu_daphne']:.0%} of a core, the clients {row['cpu_clients']:.0%}")
 
 
 if __name__ == "__main__":
