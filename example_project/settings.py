@@ -72,6 +72,8 @@ DATABASES = {
 }
 # One process, no Redis: the in-memory layer is enough (see README for Redis).
 CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+# ...which is exactly what this check describes: no need to repeat it on every command.
+SILENCED_SYSTEM_CHECKS = ["tasks_live.I010"]
 
 # Django's own django.tasks API runs on this app's workers.
 TASKS = {"default": {"BACKEND": "django_tasks_live.backends.LiveTasksBackend"}}

@@ -10,7 +10,6 @@ import logging
 import os
 import socket
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 from django.db import DatabaseError, close_old_connections
 
@@ -41,7 +40,6 @@ def stop() -> None:
 
 def _loop(concurrency: int) -> None:
     worker_id = f"embedded-{socket.gethostname()}-{os.getpid()}"
-    pool = ThreadPoolExecutor(concurrency, thread_name_prefix="tasks-live-run")
     in_flight: set[int] = set()
     lock = threading.Lock()
     next_heartbeat = 0.0
@@ -81,7 +79,10 @@ def _loop(concurrency: int) -> None:
                 for run in store.claim(worker_id, None, free):
                     with lock:
                         in_flight.add(run.pk)
-                    pool.submit(run_one, run.pk, run)
+                    # Daemon threads, not a ThreadPoolExecutor: the interpreter joins those
+                    # at exit, so stopping the web server would wait for every running handler.
+                    threading.Thread(target=run_one, args=(run.pk, run), daemon=True,
+                                     name=f"tasks-live-run-{run.pk}").start()
         except DatabaseError as exc:  # tables not migrated yet, or the DB is away
             logger.debug("Embedded worker waiting for the database: %s", exc)
             close_old_connections()

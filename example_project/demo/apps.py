@@ -45,4 +45,5 @@ def start_embedded_worker() -> None:
     except ImportError:  # the package may not ship it yet
         logger.warning("No embedded worker available: run `manage.py tasks_worker` beside the site.")
         return
-    embedded.start()
+    # Four threads: the long demo job must not keep the others waiting.
+    embedded.start(concurrency=4)

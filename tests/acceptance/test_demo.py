@@ -3,6 +3,7 @@ embedded worker, then a logged-in user starts a task and sees it finish."""
 
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -75,6 +76,14 @@ def test_demo_serves_pages_and_runs_tasks_in_process(tmp_path):
 
             wait_until(finished, 30, f"run {run_id} to complete in the embedded worker")
             assert client.get("/admin/django_tasks_live/run/").status_code == 200
+
+            # Stopping the server (Ctrl-C on ./dev demo) must not wait for a running handler.
+            long_id = client.post("/tasks/start/demo.long/", json={}, headers=headers).json()[
+                "run"]["id"]
+            wait_until(lambda: client.get(f"/tasks/runs/{long_id}/").json()["run"]["status"]
+                       == "running", 30, "the long run to start")
+        server.signal(signal.SIGTERM)
+        assert server.wait(timeout=10) is not None
     finally:
         server.stop()
     assert "Traceback" not in server.output(), server.output()
