@@ -17,6 +17,8 @@ from typing import Any
 
 from django.urls import URLPattern
 
+from . import conf
+
 ASGIApp = Any
 
 
@@ -30,20 +32,25 @@ def stream_app() -> ASGIApp:
     return AuthMiddlewareStack(EventStreamConsumer.as_asgi())
 
 
-def stream_route(route: str = "tasks/events/") -> URLPattern:
-    """A ``URLRouter`` entry: ``URLRouter([stream_route(), re_path("", django_app)])``."""
+def stream_route(route: str | None = None) -> URLPattern:
+    """A ``URLRouter`` entry: ``URLRouter([stream_route(), re_path("", django_app)])``.
+
+    ``route`` defaults to the ``SSE_URL`` setting without its leading slash.
+    """
     from django.urls import path
 
-    return path(route, stream_app())
+    return path(route if route is not None else conf.get("SSE_URL").lstrip("/"), stream_app())
 
 
-def tasks_live_application(django_asgi_app: ASGIApp, path: str = "/tasks/events/") -> ASGIApp:
+def tasks_live_application(django_asgi_app: ASGIApp, path: str | None = None) -> ASGIApp:
     """An ASGI app serving the event stream at ``path`` and everything else with Django.
 
-    Only that exact path (with or without its trailing slash) goes to the stream;
-    websockets, lifespan and every other request go to ``django_asgi_app`` unchanged.
+    ``path`` defaults to the ``SSE_URL`` setting (``/tasks/events/``). Only that exact
+    path (with or without its trailing slash) goes to the stream; websockets, lifespan
+    and every other request go to ``django_asgi_app`` unchanged.
     """
     stream = stream_app()
+    path = path or conf.get("SSE_URL")
     paths = {path, path.rstrip("/") or "/"}
 
     async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:

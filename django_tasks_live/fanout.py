@@ -18,10 +18,12 @@ mailbox contents and re-reads the missed events from the database instead.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
 from collections import OrderedDict, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,6 +131,9 @@ class Hub:
         self._hole: tuple[int, float] | None = None  # (first missing id, first seen)
         self._settle = 0.0
         self._tasks: list[asyncio.Task[None]] = []
+        # The hub's reads run on a thread of their own that keeps its DB connection:
+        # one read per wake-up must not reconnect, nor queue behind streams' queries.
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="tasks-live-hub")
 
     # -- lifecycle
 
@@ -137,9 +142,18 @@ class Hub:
                        asyncio.create_task(self._layer_loop(), name="tasks-live-hub-layer")]
 
     def stop(self) -> None:
+        from django.db import connections
+
         events.remove_local_listener(self._on_local_message)
         for task in self._tasks:
             task.cancel()
+        self._reader.submit(connections.close_all)
+        self._reader.shutdown(wait=False)
+
+    async def _read(self, fn: Any, *args: Any) -> Any:
+        return await self._loop.run_in_executor(
+            self._reader, functools.partial(_with_fresh_connection_on_error, fn, *args)
+        )
 
     # -- input
 
@@ -157,13 +171,12 @@ class Hub:
     # -- reading
 
     async def _poll_loop(self) -> None:
-        read_new = database_sync_to_async(self._read_new)
         while True:
             try:
                 if not self.ready.is_set():
                     await self._start_cursor()
                 self._wake.clear()
-                for batch in await read_new(self.cursor):
+                for batch in await self._read(self._read_new, self.cursor):
                     self.cursor = batch.upto
                     self._fan_out(batch)
                 await self._release_pushes()
@@ -193,7 +206,7 @@ class Hub:
             settle = conf.get("SSE_GAP_SETTLE") if postgres else 0.0
             return settle, store.settled_event_id(settle)
 
-        self._settle, self.cursor = await database_sync_to_async(start)()
+        self._settle, self.cursor = await self._read(start)
 
     def _read_new(self, cursor: int) -> list[Batch]:
         """Events after ``cursor`` in id order, up to the first young hole (in a thread)."""
@@ -236,7 +249,7 @@ class Hub:
         held, self._held = self._held, []
         unknown = {m["run"]["id"] for m in held} - set(self._owners)
         if unknown:
-            owners = await database_sync_to_async(store.run_owners)(unknown)
+            owners = await self._read(store.run_owners, unknown)
             for run_id in unknown:
                 self._remember(run_id, owners.get(run_id), False)
         for msg in held:
@@ -263,31 +276,43 @@ class Hub:
             # Only this process writes to an in-memory layer: take its messages directly.
             events.add_local_listener(self._on_local_message)
             return
-        while True:
-            channel = None
-            refresher = None
-            try:
-                channel = await layer.new_channel()
-                await layer.group_add(events.GROUP, channel)
-                refresher = asyncio.create_task(self._refresh_group(layer, channel))
-                while True:
-                    self.on_message(await layer.receive(channel))
-            except asyncio.CancelledError:
-                if channel is not None:
-                    await _quietly(layer.group_discard(events.GROUP, channel))
-                raise
-            except Exception:  # a layer outage costs latency only: polling continues
-                logger.warning("tasks_live: channel layer receive failed; retrying",
-                               exc_info=True)
-                await asyncio.sleep(1.0)
-            finally:
-                if refresher is not None:
-                    refresher.cancel()
+        channel = await layer.new_channel()
+        refresher = asyncio.create_task(self._refresh_group(layer, channel))
+        try:
+            while True:
+                began = time.monotonic()
+                try:
+                    await layer.group_add(events.GROUP, channel)
+                    while True:
+                        self.on_message(await layer.receive(channel))
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    # redis-py's 5 s socket timeout can end channels_redis' 5 s blocking
+                    # pop on an idle channel: retry at once. Anything lost was a wake-up
+                    # only: read now. A real outage costs latency, polling continues.
+                    self._wake.set()
+                    if time.monotonic() - began < 1.0:
+                        logger.warning("tasks_live: channel layer receive failed: %r", exc)
+                        await asyncio.sleep(1.0)
+        finally:
+            refresher.cancel()
+            await _quietly(layer.group_discard(events.GROUP, channel))
 
     async def _refresh_group(self, layer: Any, channel: str) -> None:
         while True:
             await asyncio.sleep(GROUP_REFRESH)
             await _quietly(layer.group_add(events.GROUP, channel))
+
+
+def _with_fresh_connection_on_error(fn: Any, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except Exception:
+        from django.db import connections
+
+        connections.close_all()  # the next read reconnects
+        raise
 
 
 async def _quietly(awaitable: Any) -> None:

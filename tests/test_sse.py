@@ -21,7 +21,7 @@ from django_tasks_live import authz, fanout, runner, sse_query, store
 from django_tasks_live.authz import Access
 from django_tasks_live.fanout import Batch, Hub, Mailbox
 from django_tasks_live.models import RunEvent
-from django_tasks_live.sse import EventStreamConsumer
+from django_tasks_live.sse import EventStreamConsumer, Stream
 from django_tasks_live.sse_query import BadStreamRequest, StreamQuery
 from tests.support.sse import Event, FrameParser
 
@@ -356,6 +356,13 @@ def test_a_slow_stream_that_overflows_its_mailbox_catches_up_from_the_database(
         return entries, overflowed
 
     monkeypatch.setattr(Mailbox, "take", spy)
+    flush = Stream.flush
+
+    async def slow_reader(self: Stream, frames: list[bytes]) -> None:
+        await asyncio.sleep(0.1)  # the client reads slowly: the hub outpaces this stream
+        await flush(self, frames)
+
+    monkeypatch.setattr(Stream, "flush", slow_reader)
 
     async def scenario():
         client = Client(user=staff)
