@@ -25,6 +25,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
 
 from . import api, conf, store
@@ -328,8 +329,8 @@ class ScheduleAdmin(admin.ModelAdmin):
         except ValueError as exc:  # a row saved around the validators (e.g. by raw SQL)
             return str(exc)
         zone = zoneinfo.ZoneInfo(schedule.timezone)
-        return format_html_join(", ", "{}", ((t.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z"),)
-                                             for t in times))
+        return format_html_join(mark_safe("<br>"), "{}", (
+            (t.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z"),) for t in times))
 
     def save_model(self, request: HttpRequest, obj: Schedule, form: Any, change: bool) -> None:
         if {"cron", "timezone", "enabled"} & set(form.changed_data) or obj.next_run_at is None:

@@ -244,3 +244,30 @@ def test_worker_states_from_heartbeat(admin_client, settings):
     for state in ("alive", "lost", "stopped"):
         response = admin_client.get("/admin/django_tasks_live/worker/", {"state": state})
         assert [w.id for w in response.context["cl"].result_list] == [f"w-{state}"]
+
+
+def test_schedule_actions_and_code_schedules_read_only(admin_client):
+    admin_client.post(SCHEDULE_ADD, schedule_form())
+    schedule = Schedule.objects.get()
+    response = admin_client.post("/admin/django_tasks_live/schedule/",
+                                 {"action": "disable", "_selected_action": [schedule.pk]})
+    assert response.status_code == 302
+    assert not Schedule.objects.get().enabled
+    admin_client.post("/admin/django_tasks_live/schedule/",
+                      {"action": "enable", "_selected_action": [schedule.pk]})
+    assert Schedule.objects.get().enabled
+
+    store.sync_code_schedules([spec for spec in tasks_live.registry if spec.cron])
+    code = Schedule.objects.get(from_code=True)
+    page = admin_client.get(f"/admin/django_tasks_live/schedule/{code.pk}/change/")
+    form_fields = page.context["adminform"].form.fields
+    assert "cron" not in form_fields and "task_name" not in form_fields  # synced from code
+    assert "enabled" in form_fields
+
+
+def test_task_rows_of_handlers_no_longer_in_code_are_flagged(admin_client):
+    Task.objects.create(name="removed-task")
+    response = admin_client.get(TASKS)
+    row = next(t for t in response.context["cl"].result_list if t.name == "removed-task")
+    admin = response.context["cl"].model_admin
+    assert (admin.registered(row), admin.startable(row)) == (False, False)
