@@ -1,0 +1,210 @@
+"""``tasks_live.js`` against scripted streams, in headless Chromium.
+
+Playwright answers every request of the page itself (no server): each test scripts the
+stream responses, so protocol corner cases (late progress, reset, reconnect with the
+last event id, giving up) are exercised exactly. The real-server tests are in
+``test_live_page.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+SCRIPT = (Path(__file__).resolve().parents[2]
+          / "django_tasks_live/static/django_tasks_live/tasks_live.js").read_text()
+ORIGIN = "http://tasks.test"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(),
+                       reason=f"{CHROMIUM} is absent (apt-get install -y chromium)"),
+]
+sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+
+PAGE = """<!doctype html><html><head><meta charset="utf-8">
+<script id="tasks-live-config" type="application/json">{config}</script>
+<script src="/tasks_live.js"></script></head>
+<body><main id="live" data-tasks-live-stream="/events/?task=import">
+  <div id="item" data-tasks-live-task="import" data-status="idle" class="tasks-live--idle">
+    <span data-tasks-live-status></span>
+    <div data-tasks-live-bar></div><span data-tasks-live-percent></span>
+    <span data-tasks-live-message></span><ol data-tasks-live-steps></ol>
+    <button data-tasks-live-action="cancel" data-tasks-live-show="pending,running">Cancel</button>
+    <span data-tasks-live-feedback></span>
+  </div>
+</main></body></html>"""
+
+
+def state(run_id, status="running", percent=None, message="", task="import"):
+    return {"id": run_id, "task": task, "status": status, "attempt": 1, "max_attempts": 1,
+            "progress": {"current": None, "total": None, "percent": percent, "message": message},
+            "steps": []}
+
+
+def event(name, data, event_id=None):
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {name}\ndata: {json.dumps(data)}\n\n"
+
+
+class Server:
+    """Answers the page's requests; ``streams`` are the bodies of successive stream requests.
+
+    Each body is sent whole and the response ends, so the client sees a disconnect after
+    every body and must reconnect; a ``None`` body answers 503.
+    """
+
+    def __init__(self, streams, config=None):
+        self.streams = list(streams)
+        self.stream_urls: list[str] = []
+        self.posts: list[tuple[str, dict, str]] = []
+        self.config = {"initialDelay": 20, "maxDelay": 50, "labels": {"running": "Running"},
+                       "urls": {"cancel": "/runs/{id}/cancel/"}, "csrfToken": "tok",
+                       **(config or {})}
+
+    def handle(self, route):
+        request = route.request
+        path = request.url[len(ORIGIN):]
+        if path == "/":
+            route.fulfill(body=PAGE.format(config=json.dumps(self.config)), content_type="text/html")
+        elif path == "/tasks_live.js":
+            route.fulfill(body=SCRIPT, content_type="application/javascript")
+        elif path.startswith("/events/"):
+            self.stream_urls.append(path)
+            body = self.streams.pop(0) if self.streams else None
+            if body is None:
+                route.fulfill(status=503, body="down")
+            else:
+                route.fulfill(body=body, content_type="text/event-stream")
+        elif request.method == "POST":
+            self.posts.append((path, request.headers, request.post_data or ""))
+            refusal = {"error": "Run 7 is completed and cannot be canceled."}
+            route.fulfill(status=409, body=json.dumps(refusal), content_type="application/json")
+        else:
+            route.fulfill(status=404, body="")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def open_page(browser):
+    """Open the page in a fresh context whose every request ``server`` answers."""
+    contexts = []
+
+    def open_page(server):
+        context = browser.new_context()
+        contexts.append(context)
+        page = context.new_page()
+        page.route(f"{ORIGIN}/**", server.handle)
+        page.goto(f"{ORIGIN}/")
+        return page
+
+    yield open_page
+    for context in contexts:
+        context.close()
+
+
+def item(page):
+    return page.evaluate("""() => {
+      const el = document.getElementById('item');
+      const q = (s) => el.querySelector(s);
+      return {status: el.dataset.status, cls: el.className, width: q('[data-tasks-live-bar]').style.width,
+              percent: q('[data-tasks-live-percent]').textContent,
+              message: q('[data-tasks-live-message]').textContent,
+              label: q('[data-tasks-live-status]').textContent,
+              cancelHidden: q('[data-tasks-live-action=cancel]').hidden,
+              feedback: q('[data-tasks-live-feedback]').textContent,
+              images: el.querySelectorAll('img').length};
+    }""")
+
+
+def test_snapshot_run_and_progress_events_update_the_page(open_page):
+    server = Server([
+        event("snapshot", {"runs": [state(7, percent=10.0)], "last_event_id": 40}, 40)
+        + event("progress", {"run": state(7, percent=55.5, message="half")})
+        + event("run", {"kind": "status", "run": state(7, "completed", 100.0, "done")}, 41)
+        # A progress push that arrives after the terminal event never drags the run back.
+        + event("progress", {"run": state(7, percent=60.0, message="late")}),
+    ])
+    page = open_page(server)
+    page.wait_for_function("document.getElementById('item').dataset.status === 'completed'")
+    shown = item(page)
+    assert shown["width"] == "100%" and shown["percent"] == "100%" and shown["message"] == "done"
+    assert "tasks-live--completed" in shown["cls"] and "tasks-live--idle" not in shown["cls"]
+    assert shown["cancelHidden"] is True
+    # The reconnect (the scripted body ended) asks for events after id 41.
+    page.wait_for_function("window.TasksLive.sources[0].reconnects >= 1")
+    assert server.stream_urls[0] == "/events/?task=import"
+    assert server.stream_urls[1] == "/events/?task=import&last_event_id=41"
+
+
+def test_text_is_never_markup(open_page):
+    html = '<img src=x onerror="window.pwned=1">'
+    server = Server([event("snapshot", {"runs": [state(7, percent=12.0, message=html)],
+                                        "last_event_id": 1}, 1)])
+    page = open_page(server)
+    page.wait_for_function("document.getElementById('item').dataset.status === 'running'")
+    shown = item(page)
+    assert shown["message"] == html and shown["images"] == 0
+    assert page.evaluate("window.pwned") is None
+
+
+def test_subscribe_sees_runs_and_connection_and_unsubscribes(open_page):
+    snapshot = event("snapshot", {"runs": [state(1), state(2, "pending")], "last_event_id": 5}, 5)
+    server = Server([snapshot, snapshot], config={"maxRetries": 0})  # the page's own, then ours
+    page = open_page(server)
+    page.evaluate("""() => {
+      window.seen = [];
+      const live = new TasksLive.EventSource('/events/');
+      const stop = live.subscribe((runs, connected) => {
+        window.seen.push([Array.from(runs.keys()), connected]);
+        if (runs.size === 2) { stop(); live.close(); }
+      });
+    }""")
+    page.wait_for_function("window.seen.some(([ids]) => ids.length === 2)", timeout=5000)
+    calls = page.evaluate("window.seen")
+    assert calls[0] == [[], False]  # called at once with the current (empty) state
+    assert calls[-1] == [[1, 2], True]  # nothing after unsubscribing, though close() notifies
+
+
+def test_reset_forgets_runs_then_the_snapshot_rebuilds(open_page):
+    server = Server([
+        event("snapshot", {"runs": [state(3)], "last_event_id": 9}, 9),
+        event("reset", {"reason": "Event 9 is older than the retained events."})
+        + event("snapshot", {"runs": [state(4, "completed", 100.0)], "last_event_id": 20}, 20),
+    ])
+    page = open_page(server)
+    page.wait_for_function("window.TasksLive.sources[0].runs.has(4)")
+    assert page.evaluate("Array.from(window.TasksLive.sources[0].runs.keys())") == [4]
+    assert page.evaluate("window.TasksLive.sources[0].lastEventId") == 20
+    assert item(page)["status"] == "completed"  # the task item follows the newest run
+
+
+def test_backoff_gives_up_after_max_retries(open_page):
+    server = Server([None, None, None, None], config={"maxRetries": 2})
+    page = open_page(server)
+    page.wait_for_function("window.TasksLive.sources[0].closed === true", timeout=5000)
+    assert len(server.stream_urls) == 3  # the first try and two retries
+    assert page.evaluate("document.getElementById('live').className") == "tasks-live--disconnected"
+
+
+def test_action_buttons_post_with_csrf_and_show_errors(open_page):
+    server = Server([event("snapshot", {"runs": [state(7)], "last_event_id": 1}, 1)])
+    page = open_page(server)
+    page.wait_for_function("!document.querySelector('[data-tasks-live-action=cancel]').hidden")
+    page.click("[data-tasks-live-action=cancel]")
+    page.wait_for_function("document.querySelector('[data-tasks-live-feedback]').textContent !== ''")
+    path, headers, body = server.posts[0]
+    assert path == "/runs/7/cancel/" and headers["x-csrftoken"] == "tok" and body == "{}"
+    assert item(page)["feedback"] == "Run 7 is completed and cannot be canceled."
