@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from asgiref.testing import ApplicationCommunicator
 from django.contrib.auth.models import AnonymousUser, User
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 from django.test import override_settings
 
 import django_tasks_live as tasks_live
@@ -283,7 +283,12 @@ def test_unusable_last_event_id_gets_a_reset_and_a_fresh_snapshot(staff, last_ev
     assert [e.event for e in client.events] == ["retry", "reset", "snapshot"]
     assert reason in client.events[1].data["reason"]
     assert len(client.events[2].data["runs"]) == 3
-    assert client.events[2].id == store.latest_event_id()
+    # Current to the newest event (on PostgreSQL a just-started stream process may still
+    # be waiting out a young id hole, so its snapshot can be a little older).
+    assert client.events[2].id == client.events[2].data["last_event_id"]
+    assert client.events[2].id <= store.latest_event_id()
+    if connection.vendor == "sqlite":
+        assert client.events[2].id == store.latest_event_id()
 
 
 @pytestmark_db
@@ -331,10 +336,10 @@ def test_bad_requests_get_400_or_405_with_a_plain_text_reason(staff):
     assert status == 405 and "only answers GET" in body
 
 
-def execute_all(runs: list[Any]) -> int:
-    """Execute ``runs`` one after another; the id of the last event written."""
+def execute_all(count: int) -> int:
+    """Start and execute ``count`` runs one after another; the id of the last event."""
     try:
-        for run in runs:
+        for run in [tasks_live.start("add", a=i, b=0) for i in range(count)]:
             runner.execute(run.pk)
         return store.latest_event_id()
     finally:
@@ -346,7 +351,6 @@ def execute_all(runs: list[Any]) -> int:
 def test_a_slow_stream_that_overflows_its_mailbox_catches_up_from_the_database(
     staff, monkeypatch
 ):
-    runs = [tasks_live.start("add", a=i, b=0) for i in range(10)]
     overflows = []
     take = Mailbox.take
 
@@ -368,7 +372,7 @@ def test_a_slow_stream_that_overflows_its_mailbox_catches_up_from_the_database(
         client = Client(user=staff)
         await client.start()
         await client.read_until(has("snapshot"))
-        target = await asyncio.to_thread(execute_all, runs)
+        target = await asyncio.to_thread(execute_all, 10)
         await client.read_until(lambda ev: any(e.id == target for e in client.runs()))
         await client.read_until(has("comment"))  # heartbeats while idle
         await client.close()
