@@ -62,7 +62,10 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 def start_daphne(env: dict[str, str], logdir: Path, name: str) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
-    proc = spawn([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+    # BENCH_PROFILE=1: daphne runs under cProfile, written to <logdir>/<name>.prof on exit.
+    profile = ["-m", "cProfile", "-o", str(logdir / f"{name}.prof")] if os.environ.get(
+        "BENCH_PROFILE") else []
+    proc = spawn([sys.executable, *profile, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
                   "tests.asgi:application"], env, logdir / f"{name}.log")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -348,7 +351,10 @@ def main() -> None:
                   f"{row['rss_after_mb']:.1f} MB with {args.clients} "
                   f"({row['rss_per_conn_kb']:.1f} KB per connection); "
                   f"{row['events']} events in {row['elapsed']:.1f} s; CPU: daphne "
-                  f"{row['cpu_daphne']:.0%} of a core, the clients {row['cpu_clients']:.0%}")
+                  f"{row['cpu_daphne']:.0%} of a core "
+                  f"({row['cpu_daphne'] * row['elapsed'] / max(1, row['n']) * 1e6:.1f} µs per "
+                  f"delivery), the clients {row['cpu_clients']:.0%}")
+    print(f"load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
 
 
 if __name__ == "__main__":

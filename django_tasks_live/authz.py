@@ -58,6 +58,10 @@ class Access:
     owner_id: int | None = None
     labels: dict[str, str] = field(default_factory=dict)
 
+    def key(self) -> tuple[Any, ...]:
+        """A hashable form of what this access allows."""
+        return (self.owner_id, tuple(sorted(self.labels.items())))
+
     def allows(self, owner_id: int | None, state: dict[str, Any]) -> bool:
         if self.owner_id is not None and owner_id != self.owner_id:
             return False

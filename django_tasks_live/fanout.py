@@ -24,7 +24,7 @@ import logging
 import time
 from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -54,11 +54,16 @@ class Item:
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """Every visible event with ``after < id <= upto`` (ids in between were holes)."""
+    """Every event with ``after < id <= upto`` (ids in between were holes).
+
+    ``payloads`` caches the encoded frames per stream filter: streams with the same
+    filter (say, every staff page) share one filtering pass per batch.
+    """
 
     after: int
     upto: int
     items: list[Item]
+    payloads: dict[Any, bytes] = field(default_factory=dict, compare=False)
 
 
 def encode(event: str, data: Any, event_id: int | None = None) -> bytes:

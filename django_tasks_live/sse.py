@@ -153,6 +153,7 @@ class Stream:
         self.query = query
         self.access = access
         self.cursor = 0
+        self.key = (query.key(), access.key())  # streams with equal keys see equal events
         # Run id -> newest event id already contained in that run's snapshot state.
         self.skip: dict[int, int] = {}
 
@@ -204,8 +205,15 @@ class Stream:
             if entry.after > self.cursor:  # a gap before this batch: fill it in order
                 await self.flush(frames)
                 await self.catch_up(entry.after)
-            frames += [item.frame for item in entry.items
-                       if item.event_id > self.cursor and self.visible(item)]
+            if entry.after == self.cursor and not self.skip:  # the usual case: shared
+                payload = entry.payloads.get(self.key)
+                if payload is None:
+                    payload = entry.payloads[self.key] = b"".join(
+                        item.frame for item in entry.items if self.visible(item))
+                frames.append(payload)
+            else:
+                frames += [item.frame for item in entry.items
+                           if item.event_id > self.cursor and self.visible(item)]
             self.cursor = max(self.cursor, entry.upto)
         await self.flush(frames)
         if self.skip:
@@ -230,7 +238,7 @@ class Stream:
         )
 
     async def flush(self, frames: list[bytes]) -> None:
-        if frames:
+        if any(frames):
             await self.send(b"".join(frames), more_body=True)
             frames.clear()
 

@@ -52,6 +52,10 @@ class StreamQuery:
         run_labels = state.get("labels") or {}
         return all(run_labels.get(key) == value for key, value in self.labels.items())
 
+    def key(self) -> tuple[Any, ...]:
+        """A hashable form of the filters."""
+        return (self.tasks, self.run_ids, self.statuses, tuple(sorted(self.labels.items())))
+
     def runs(self, access: Access, *, with_status: bool) -> QuerySet[Run]:
         """The runs this stream may see, as a queryset (snapshot, replay, catch-up)."""
         labels = {**access.labels, **self.labels}
