@@ -7,7 +7,7 @@ import datetime as dt
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -154,6 +154,8 @@ class StartOptions:
 
     def start_many(self, calls: Iterable[Call]) -> list[Run]:
         """Start several runs in one transaction: all are created, or none."""
+        if isinstance(calls, str | bytes | Mapping) or not isinstance(calls, Iterable):
+            raise TypeError(f"calls must be an iterable of (name, kwargs) tuples, got {calls!r}.")
         new_runs = []
         for i, call in enumerate(calls):
             if not isinstance(call, tuple) or len(call) not in (2, 3):
@@ -167,6 +169,12 @@ class StartOptions:
 
 def using(**options: Any) -> StartOptions:
     """Start options: queue, priority, run_after, delay, timeout, labels, owner, unique_key."""
+    known = [f.name for f in fields(StartOptions)]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise TypeError(
+            f"Unknown start option {', '.join(map(repr, unknown))}; options are {', '.join(known)}."
+        )
     return StartOptions(**options)
 
 
@@ -217,8 +225,18 @@ def rerun(run: Run | int) -> Run:
     return store.create_runs([new])[0]
 
 
+def _check_wait(timeout: Any, poll: Any) -> None:
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0
+    ):
+        raise ValueError(f"timeout must be a non-negative number of seconds or None, got {timeout!r}.")
+    if isinstance(poll, bool) or not isinstance(poll, int | float) or not poll > 0:
+        raise ValueError(f"poll must be a positive number of seconds, got {poll!r}.")
+
+
 def wait(run: Run | int, timeout: float | None = None, poll: float = 0.05) -> Run:
     """Block until the run finishes; returns it. Raises ``TimeoutError`` after ``timeout`` s."""
+    _check_wait(timeout, poll)
     run_id = _run_id(run)
     deadline = None if timeout is None else time.monotonic() + timeout
     delay = poll
@@ -239,6 +257,7 @@ arerun = sync_to_async(rerun)
 
 async def await_run(run: Run | int, timeout: float | None = None, poll: float = 0.05) -> Run:
     """Async twin of :func:`wait`."""
+    _check_wait(timeout, poll)
     run_id = _run_id(run)
     deadline = None if timeout is None else time.monotonic() + timeout
     get = sync_to_async(_get)
