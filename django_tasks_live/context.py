@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -95,6 +96,8 @@ class TaskContext:
         for name, value in (("current", current), ("total", total)):
             if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
                 raise TypeError(f"progress {name} must be a number, got {value!r}.")
+            if value is not None and not math.isfinite(value):  # JSON (and PostgreSQL) refuse it
+                raise ValueError(f"progress {name} must be a finite number, got {value!r}.")
         if total is not None and total < 0:
             raise ValueError(f"progress total must be >= 0, got {total!r}.")
         if message is not None:
