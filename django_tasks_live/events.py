@@ -81,11 +81,15 @@ class _Pusher:
     def push(self, batch: list[dict[str, Any]]) -> None:
         if not batch:
             return
-        if _local_listeners and _layer_is_local():
-            # Only this process could receive an in-memory layer's messages: deliver here.
+        if _layer_is_local():
+            # Only this process could receive an in-memory layer's messages: deliver here
+            # (a worker process has no listeners, so its pushes cost nothing).
             for listener in list(_local_listeners):
-                for msg in batch:
-                    listener(msg)
+                try:
+                    for msg in batch:
+                        listener(msg)
+                except Exception:  # never let a listener fail the commit that pushed
+                    logger.exception("tasks_live: local event listener failed")
             return
         if not self._enabled:
             return

@@ -171,7 +171,10 @@ class Hub:
 
     def _on_local_message(self, msg: dict[str, Any]) -> None:
         # Called from whichever thread committed; hop onto the hub's loop.
-        self._loop.call_soon_threadsafe(self.on_message, msg)
+        try:
+            self._loop.call_soon_threadsafe(self.on_message, msg)
+        except RuntimeError:  # the loop is closed: this hub is gone
+            events.remove_local_listener(self._on_local_message)
 
     # -- reading
 

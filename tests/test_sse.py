@@ -17,7 +17,7 @@ from django.db import close_old_connections, connection
 from django.test import override_settings
 
 import django_tasks_live as tasks_live
-from django_tasks_live import authz, fanout, runner, sse_query, store
+from django_tasks_live import authz, events, fanout, runner, sse_query, store
 from django_tasks_live.authz import Access
 from django_tasks_live.fanout import Batch, Hub, Mailbox
 from django_tasks_live.models import RunEvent
@@ -404,3 +404,19 @@ def test_an_exception_in_the_stream_ends_it_cleanly_and_frees_the_hub(staff, mon
     assert start["status"] == 200  # headers were out: the body just ends, no 500
     assert client.closed and client.events == []
     assert hubs == {}
+
+
+@pytestmark_db
+def test_a_hub_whose_event_loop_is_gone_never_breaks_a_commit():
+    async def abandon() -> Hub:
+        hub = Hub()
+        hub.start()
+        await asyncio.sleep(0.1)  # the in-memory layer: it listens to local commits
+        return hub
+
+    hub = asyncio.run(abandon())  # the loop closes without the hub being stopped
+    assert hub._on_local_message in events._local_listeners
+    run = tasks_live.start("add", a=1, b=2)  # pushes to the dead hub after commit
+    assert store.get_run(run.pk).status == "pending"
+    assert hub._on_local_message not in events._local_listeners
+    hub._reader.shutdown()
