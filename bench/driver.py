@@ -47,6 +47,20 @@ class Workers:
                 tail = log.read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"worker {proc.args} exited with {proc.returncode}:\n{tail}")
 
+    def cpu_seconds(self) -> float:
+        """User+system CPU of every process in the workers' sessions (reaped children too)."""
+        groups = {proc.pid for proc in self.procs}
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:  # exited meanwhile
+                continue
+            if int(fields[2]) in groups:  # pgrp
+                total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+        return total / tick
+
     def stop(self, timeout: float = 15.0) -> None:
         for proc in self.procs:
             if proc.poll() is None:
@@ -64,9 +78,11 @@ class Workers:
             proc.wait()
 
 
-def wait_count(system, target: int, deadline: float, workers: Workers) -> int:
+def wait_count(system, target: int, deadline: float, workers: Workers, on_poll=None) -> int:
     done = system.completed()
     while done < target and time.monotonic() < deadline:
+        if on_poll:
+            on_poll()
         time.sleep(POLL)
         workers.check_alive()
         done = system.completed()
@@ -75,8 +91,15 @@ def wait_count(system, target: int, deadline: float, workers: Workers) -> int:
 
 def throughput(system, marks, workers: Workers, n: int, base: int, tag: int, timeout: float) -> dict:
     deadline = time.monotonic() + timeout
-    done = wait_count(system, base + n, deadline, workers)
+    cpu_at_start: list[float] = []
+
+    def note_first_start() -> None:  # CPU used before the first pickup is start-up, not work
+        if not cpu_at_start and marks.first(tag) is not None:
+            cpu_at_start.append(workers.cpu_seconds())
+
+    done = wait_count(system, base + n, deadline, workers, note_first_start)
     end = time.time()
+    cpu = workers.cpu_seconds() - cpu_at_start[0] if cpu_at_start else None
     first = marks.first(tag)
     if first is None:
         return {"error": "no handler started", "completed": done - base}
@@ -86,6 +109,7 @@ def throughput(system, marks, workers: Workers, n: int, base: int, tag: int, tim
         "completed": done - base,
         "n": n,
         "seconds": round(elapsed, 3),
+        "cpu_ms_per_job": cpu * 1000 / (done - base) if cpu is not None and done > base else None,
         "timed_out": done < base + n,
     }
 

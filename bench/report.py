@@ -37,13 +37,15 @@ def _rows_for(results: list[dict], db: str) -> list[dict]:
 def render(results: list[dict], dbs: list[str], meta: dict[str, Any], notes: list[str]) -> str:
     levels = meta["concurrency"].split(",")
     lat_at = str(meta["latency_at"])
-    head = ["system"] + [f"c{c} jobs/s" for c in levels]
+    head = ["system"] + [f"c{c} jobs/s" for c in levels] + [f"c{c} CPU ms/job" for c in levels]
     head += [f"idle p50 ms (c{lat_at})", "p99 ms", "enqueue p50 ms"]
     head += [f"ours÷peer c{c}" for c in levels] + ["peer p50÷ours p50"]
     lines = [
         f"Worker benchmark: {meta['n']:,} no-ops per throughput phase, {meta['samples']} idle "
         f"pickups, {meta['seconds']} s in all. jobs/s = completions in the system's result store "
         f"÷ (last completion - first handler start). Ratios > 1 mean django-tasks-live is faster."
+        f" CPU ms/job: user+system CPU of the worker processes from first pickup to last"
+        f" completion per job (database and Redis servers not included)."
         f" django-tasks-live channel layer: {meta['live_layer']}.",
     ]
     for db in dbs:
@@ -56,6 +58,7 @@ def render(results: list[dict], dbs: list[str], meta: dict[str, Any], notes: lis
             if r.get("error"):
                 label += f" — error: {r['error'][:80]}"
             cells = [label] + [_fmt(_thr(r, c)) for c in levels]
+            cells += [_fmt(_phase(r, c).get("cpu_ms_per_job"), 2) for c in levels]
             cells += [_fmt(_lat(r, lat_at, "p50_ms"), 1), _fmt(_lat(r, lat_at, "p99_ms"), 1),
                       _fmt(_lat(r, lat_at, "enqueue_p50_ms"), 1)]
             cells += [_ratio(_thr(ours, c), _thr(r, c)) for c in levels]
