@@ -191,8 +191,10 @@ def test_reset_forgets_runs_then_the_snapshot_rebuilds(open_page):
     assert item(page)["status"] == "completed"  # the task item follows the newest run
 
 
-def test_backoff_gives_up_after_max_retries(open_page):
-    server = Server([None, None, None, None], config={"maxRetries": 2})
+@pytest.mark.parametrize("body", [None, ""], ids=["refused", "accepted-then-dropped"])
+def test_backoff_gives_up_after_max_retries(open_page, body):
+    # An accepted stream that ends before any event does not reset the backoff either.
+    server = Server([body] * 4, config={"maxRetries": 2})
     page = open_page(server)
     page.wait_for_function("window.TasksLive.sources[0].closed === true", timeout=5000)
     assert len(server.stream_urls) == 3  # the first try and two retries

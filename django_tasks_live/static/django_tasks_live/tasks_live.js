@@ -19,6 +19,7 @@
   "use strict";
 
   var TERMINAL = ["completed", "failed", "canceled", "timed_out"];
+  var STABLE_MS = 5000;
   var DEFAULTS = {
     streamUrl: "/tasks/events/",
     initialDelay: 500,
@@ -76,11 +77,12 @@
     this.runs = new Map();
     this.connected = false;
     this.closed = false;
-    this.retries = 0; // failed attempts since the last open
+    this.retries = 0; // failed attempts since the stream last worked
     this.reconnects = 0; // connections made after the first one (for tests and dashboards)
     this._subscribers = [];
     this._source = null;
     this._timer = null;
+    this._stable = null;
     if (options.start !== false) {
       this.open();
     }
@@ -107,11 +109,15 @@
     this._source = source;
     source.onopen = function () {
       if (self._source !== source) return;
-      self.retries = 0;
+      // The backoff restarts once the stream proved itself (an event, or STABLE_MS
+      // open), so a server that accepts and drops at once is not hammered.
+      clearTimeout(self._stable);
+      self._stable = setTimeout(function () { self.retries = 0; }, STABLE_MS);
       self._setConnected(true);
     };
     source.onerror = function () {
       if (self._source !== source) return;
+      clearTimeout(self._stable);
       // Drop the native auto-reconnect: it ignores our backoff and forgets nothing.
       source.close();
       self._source = null;
@@ -121,6 +127,7 @@
     source.addEventListener("snapshot", function (event) {
       var data = parse(event);
       if (!data || self._source !== source) return;
+      self.retries = 0;
       self.runs = new Map();
       (data.runs || []).forEach(function (state) {
         if (state && state.id != null) self.runs.set(state.id, state);
@@ -131,6 +138,7 @@
     source.addEventListener("run", function (event) {
       var data = parse(event);
       if (!data || self._source !== source) return;
+      self.retries = 0;
       var id = parseInt(event.lastEventId, 10);
       if (!isNaN(id)) self.lastEventId = id;
       if (data.run && data.run.id != null) {
@@ -181,6 +189,7 @@
   LiveSource.prototype.close = function () {
     this.closed = true;
     clearTimeout(this._timer);
+    clearTimeout(this._stable);
     if (this._source) this._source.close();
     this._source = null;
     this._setConnected(false);
