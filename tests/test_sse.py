@@ -7,13 +7,14 @@ against a real daphne and worker process; these cover the protocol's details fas
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import Any
 
 import pytest
 from asgiref.testing import ApplicationCommunicator
 from django.contrib.auth.models import AnonymousUser, User
-from django.db import close_old_connections, connection
+from django.db import close_old_connections, connection, transaction
 from django.test import override_settings
 
 import django_tasks_live as tasks_live
@@ -23,6 +24,7 @@ from django_tasks_live.fanout import Batch, Hub, Mailbox
 from django_tasks_live.models import RunEvent
 from django_tasks_live.sse import EventStreamConsumer, Stream
 from django_tasks_live.sse_query import BadStreamRequest, StreamQuery
+from tests.support.db import requires_postgres
 from tests.support.sse import Event, FrameParser
 
 # ---------------------------------------------------------------- request parsing
@@ -420,3 +422,48 @@ def test_a_hub_whose_event_loop_is_gone_never_breaks_a_commit():
     assert store.get_run(run.pk).status == "pending"
     assert hub._on_local_message not in events._local_listeners
     hub._reader.shutdown()
+
+
+@requires_postgres
+@pytestmark_db
+def test_postgres_out_of_order_commits_are_delivered_in_id_order(staff):
+    """Transaction A takes event id N, B takes N+1 and commits first: the stream must
+    not deliver N+1 before N (nor skip N), so it waits for the hole to fill."""
+    inserted, release = threading.Event(), threading.Event()
+
+    def slow_writer() -> int:
+        try:
+            with transaction.atomic():
+                run = tasks_live.start("add", a=1, b=1)
+                inserted.set()
+                release.wait(10)
+            return run.pk
+        finally:
+            close_old_connections()
+
+    def fast_writer() -> int:
+        try:
+            return tasks_live.start("add", a=2, b=2).pk
+        finally:
+            close_old_connections()
+
+    async def scenario():
+        client = Client(user=staff)
+        await client.start()
+        await client.read_until(has("snapshot"))
+        slow = asyncio.create_task(asyncio.to_thread(slow_writer))
+        await asyncio.to_thread(inserted.wait, 10)
+        fast_id = await asyncio.to_thread(fast_writer)
+        await client.collect(0.4)  # B is committed, but A's lower id is still open
+        early = list(client.runs())
+        release.set()
+        slow_id = await slow
+        await client.read_until(lambda ev: len(client.runs()) == 2)
+        await client.close()
+        return client, early, slow_id, fast_id
+
+    client, early, slow_id, fast_id = asyncio.run(scenario())
+    assert early == []
+    assert [(e.run["id"], e.data["kind"]) for e in client.runs()] == [
+        (slow_id, "created"), (fast_id, "created")]
+    assert client.runs()[0].id < client.runs()[1].id
