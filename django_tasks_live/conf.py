@@ -28,6 +28,9 @@ DEFAULTS: dict[str, Any] = {
     "PG_POLL_INTERVAL": 1.0,
     # Runs claimed per round trip at most.
     "CLAIM_BATCH": 50,
+    # Runs a worker claims ahead per executor (shown as running while they wait; a
+    # drained worker puts them back). Bigger batches mean fewer commits per run.
+    "PREFETCH": 4,
     # Backoff base and cap in seconds for retries.
     "RETRY_BACKOFF_BASE": 1.0,
     "RETRY_BACKOFF_MAX": 3600.0,

@@ -13,6 +13,7 @@ import logging
 import random
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 from django.db import InterfaceError, OperationalError, close_old_connections
@@ -48,12 +49,33 @@ def backoff_delay(spec: TaskSpec, attempt: int) -> float:
     return max(0.0, delay * random.uniform(0.75, 1.25))
 
 
-def execute(run_id: int, worker_id: str = "inline", run: Run | None = None) -> Run | None:
+# Records an attempt's outcome: (run, target status, fields) -> the updated run or None.
+Recorder = Callable[[Run, Status, dict[str, Any]], Run | None]
+
+
+def record_now(run: Run, target: Status, fields: dict[str, Any]) -> Run | None:
+    """Write the outcome at once. It must not be lost to a database outage: retry until
+    the database is back (the handler's work is done and cannot be redone for free)."""
+    delay = 0.2
+    while True:
+        try:
+            return store.transition_if(run.pk, target, **fields)
+        except (OperationalError, InterfaceError) as exc:
+            logger.warning("Run %s: cannot record %s yet (%s); retrying", run.pk, target, exc)
+            close_old_connections()
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+def execute(
+    run_id: int, worker_id: str = "inline", run: Run | None = None, record: Recorder = record_now
+) -> Run | None:
     """Execute run ``run_id`` and record its outcome; returns the finished run.
 
     A run that is still claimable is claimed first (for engines that hand over ids);
     a run in any other status than running is left alone (returns None). ``run`` is the
-    row as the claim returned it, which saves a read.
+    row as the claim returned it, which saves a read; ``record`` lets the worker batch
+    outcome writes.
     """
     if run is None or run.pk != run_id or run.worker_id != worker_id:
         run = store.get_run(run_id)
@@ -66,10 +88,10 @@ def execute(run_id: int, worker_id: str = "inline", run: Run | None = None) -> R
     try:
         spec = resolve(run)
     except UnknownTask as exc:
-        return store.transition_if(
-            run.pk, Status.FAILED, error=str(exc), error_type="UnknownTask",
-            worker_ids=[*run.worker_ids, run.worker_id],
-        )
+        return record(run, Status.FAILED, {
+            "error": str(exc), "error_type": "UnknownTask",
+            "worker_ids": [*run.worker_ids, run.worker_id],
+        })
     timeout = effective_timeout(run, spec)
     ctx = TaskContext(
         run.pk, task=run.task_name, attempt=run.attempt, max_attempts=run.max_attempts,
@@ -81,19 +103,19 @@ def execute(run_id: int, worker_id: str = "inline", run: Run | None = None) -> R
     try:
         result = _call(spec, ctx, run, timeout)
     except Canceled:
-        return _finish(run, ctx, Status.CANCELED)
+        return _finish(record, run, ctx, Status.CANCELED)
     except (TaskTimeout, TimeoutError) as exc:
-        return _finish(run, ctx, Status.TIMED_OUT, exc=exc)
+        return _finish(record, run, ctx, Status.TIMED_OUT, exc=exc)
     except Exception as exc:
-        return _fail_or_retry(run, ctx, spec, exc)
+        return _fail_or_retry(record, run, ctx, spec, exc)
     finally:
         ctx.unbind(token)
     try:
         json.dumps(result, allow_nan=False)
     except (TypeError, ValueError) as exc:
         bad = TypeError(f"Task {run.task_name!r} returned a value that is not JSON: {exc}")
-        return _finish(run, ctx, Status.FAILED, exc=bad)
-    return _finish(run, ctx, Status.COMPLETED, result=result)
+        return _finish(record, run, ctx, Status.FAILED, exc=bad)
+    return _finish(record, run, ctx, Status.COMPLETED, result=result)
 
 
 def _call(spec: TaskSpec, ctx: TaskContext, run: Run, timeout: float | None) -> Any:
@@ -128,6 +150,7 @@ def _error_fields(run: Run, exc: BaseException) -> dict[str, Any]:
 
 
 def _finish(
+    record: Recorder,
     run: Run,
     ctx: TaskContext,
     target: Status,
@@ -143,7 +166,7 @@ def _finish(
     if exc is not None:
         fields.update(_error_fields(run, exc))
     fields.update(extra or {})
-    finished = _write_outcome(run.pk, target, fields)
+    finished = record(run, target, fields)
     if finished is None:
         logger.warning("Run %s was ended elsewhere before it could become %s", run.pk, target)
         return None
@@ -151,28 +174,16 @@ def _finish(
     return finished
 
 
-def _write_outcome(run_id: int, target: Status, fields: dict[str, Any]) -> Run | None:
-    """The outcome must not be lost to a database outage: retry until the database is
-    back (the handler's work is done and cannot be redone for free)."""
-    delay = 0.2
-    while True:
-        try:
-            return store.transition_if(run_id, target, **fields)
-        except (OperationalError, InterfaceError) as exc:
-            logger.warning("Run %s: cannot record %s yet (%s); retrying", run_id, target, exc)
-            close_old_connections()
-            time.sleep(delay)
-            delay = min(delay * 2, 10.0)
-
-
-def _fail_or_retry(run: Run, ctx: TaskContext, spec: TaskSpec, exc: Exception) -> Run | None:
+def _fail_or_retry(
+    record: Recorder, run: Run, ctx: TaskContext, spec: TaskSpec, exc: Exception
+) -> Run | None:
     retryable = not spec.retry_on or isinstance(exc, spec.retry_on)
     if retryable and run.attempt < run.max_attempts:
         delay = backoff_delay(spec, run.attempt)
         logger.info("Run %s attempt %s failed (%r); retry in %.1fs", run.pk, run.attempt, exc, delay)
         run_after = timezone.now() + dt.timedelta(seconds=delay)
-        return _finish(run, ctx, Status.RETRYING, exc=exc, extra={"run_after": run_after})
-    return _finish(run, ctx, Status.FAILED, exc=exc)
+        return _finish(record, run, ctx, Status.RETRYING, exc=exc, extra={"run_after": run_after})
+    return _finish(record, run, ctx, Status.FAILED, exc=exc)
 
 
 def _django_signal(run: Run, which: str) -> None:

@@ -49,6 +49,15 @@ def can_move(current: str, target: str) -> bool:
     return current in ALLOWED_FROM[Status(target)]
 
 
+def outcome_status(current: str, target: Status) -> Status:
+    """Where an attempt's outcome really takes a run: a failed attempt of a run whose
+    cancel was requested is not retried (``retrying`` is only reachable from running,
+    so the outcome would be refused and the run left hanging): it ends canceled."""
+    if target == Status.RETRYING and current == Status.CANCEL_REQUESTED:
+        return Status.CANCELED
+    return target
+
+
 # Mapping onto django.tasks' TaskResultStatus names (READY/RUNNING/SUCCESSFUL/FAILED).
 DJANGO_STATUS = {
     Status.PENDING: "READY",

@@ -20,7 +20,15 @@ from django.utils import timezone
 
 from . import events
 from .models import Run, RunEvent, Schedule, Task, Worker
-from .states import ACTIVE, ALLOWED_FROM, CLAIMABLE, TERMINAL, IllegalTransition, Status
+from .states import (
+    ACTIVE,
+    ALLOWED_FROM,
+    CLAIMABLE,
+    TERMINAL,
+    IllegalTransition,
+    Status,
+    outcome_status,
+)
 
 NOTIFY_CHANNEL = "tasks_live_new"
 
@@ -212,6 +220,7 @@ def transition(run_id: int, target: Status, **fields: Any) -> Run:
         run = _locked(run_id, using)
         if run is None:
             raise Run.DoesNotExist(f"Run {run_id} does not exist.")
+        target = outcome_status(run.status, target)
         if run.status not in ALLOWED_FROM[target]:
             raise IllegalTransition(run_id, run.status, target)
         return _apply(run, target, fields, using)
@@ -226,15 +235,20 @@ def transition_if(run_id: int, target: Status, **fields: Any) -> Run | None:
 
 
 def _apply(run: Run, target: Status, fields: dict[str, Any], using: str) -> Run:
-    now = timezone.now()
+    changed = _assign(run, target, fields, timezone.now())
+    run.save(using=using, update_fields=changed)
+    _save_events([_event(run, "status")], using)
+    return run
+
+
+def _assign(run: Run, target: Status, fields: dict[str, Any], now: dt.datetime) -> list[str]:
+    """Set ``fields`` and the new status on ``run`` (unsaved); returns the changed names."""
     fields = {**fields, "status": target, "updated_at": now}
     if target in TERMINAL:
         fields.setdefault("finished_at", now)
     for name, value in fields.items():
         setattr(run, name, value)
-    run.save(using=using, update_fields=list(fields))
-    _save_events([_event(run, "status")], using)
-    return run
+    return list(fields)
 
 
 def save_progress(run_id: int, push: bool = True, **fields: Any) -> str | None:
@@ -266,20 +280,64 @@ def claim(worker_id: str, queues: Sequence[str] | None, limit: int) -> list[Run]
     SQLite: the transaction takes the write lock at BEGIN (``transaction_mode``
     IMMEDIATE), and the UPDATE re-checks the status so a run is never claimed twice.
     """
+    return settle([], worker_id, queues, limit)[1]
+
+
+@dataclass
+class Outcome:
+    """How an executor ended one attempt of a run (written later, in a batch)."""
+
+    run_id: int
+    target: Status
+    fields: dict[str, Any]
+
+
+def settle(
+    outcomes: Sequence[Outcome], worker_id: str, queues: Sequence[str] | None, limit: int
+) -> tuple[list[Run], list[Run]]:
+    """Record finished attempts and claim new runs in ONE transaction (one commit).
+
+    The worker's hot path: a commit costs milliseconds on a durable database, so the
+    supervisor batches every outcome its executors reported since the last round with
+    the next claim. An outcome is written only while the run is still this worker's
+    and the lifecycle allows the move (a rescued run is not overwritten).
+    """
     using = _db()
     now = timezone.now()
     with transaction.atomic(using=using):
-        due = Run.objects.using(using).filter(status__in=sorted(CLAIMABLE), run_after__lte=now)
-        if queues:
-            due = due.filter(queue__in=list(queues))
-        ids = list(
-            due.order_by("-priority", "run_after", "id")
-            .select_for_update(skip_locked=True)
-            .values_list("id", flat=True)[:limit]
-        )
-        if not ids:
-            return []
-        return _mark_running(ids, worker_id, now, using)
+        finished = _finish_outcomes(outcomes, worker_id, now, using) if outcomes else []
+        claimed: list[Run] = []
+        if limit > 0:
+            due = Run.objects.using(using).filter(status__in=sorted(CLAIMABLE), run_after__lte=now)
+            if queues:
+                due = due.filter(queue__in=list(queues))
+            ids = list(
+                due.order_by("-priority", "run_after", "id")
+                .select_for_update(skip_locked=True)
+                .values_list("id", flat=True)[:limit]
+            )
+            if ids:
+                claimed = _mark_running(ids, worker_id, now, using)
+    return finished, claimed
+
+
+def _finish_outcomes(
+    outcomes: Sequence[Outcome], worker_id: str, now: dt.datetime, using: str
+) -> list[Run]:
+    by_id = {o.run_id: o for o in outcomes}
+    runs = Run.objects.using(using).select_for_update().filter(pk__in=list(by_id)).order_by("id")
+    changed: list[Run] = []
+    for run in runs:
+        outcome = by_id[run.pk]
+        target = outcome_status(run.status, outcome.target)
+        if run.worker_id != worker_id or run.status not in ALLOWED_FROM[target]:
+            continue
+        names = _assign(run, target, outcome.fields, now)
+        # One plain UPDATE per run: cheaper than bulk_update's CASE per field and row.
+        Run.objects.using(using).filter(pk=run.pk).update(**{n: getattr(run, n) for n in names})
+        changed.append(run)
+    _save_events([_event(run, "status") for run in changed], using)
+    return changed
 
 
 def claim_run(run_id: int, worker_id: str) -> Run | None:

@@ -9,10 +9,12 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import time
 from multiprocessing.connection import Connection
 from typing import Any
 
 PR_SET_PDEATHSIG = 1
+IDLE_RECHECK = 5.0  # seconds without a run after which the DB connection is re-checked
 
 
 def _die_with_parent() -> None:
@@ -25,7 +27,17 @@ def _die_with_parent() -> None:
         pass
 
 
-def main(conn: Connection, settings_module: str, worker_id: str, parent_pid: int) -> None:
+def close_unusable_connection() -> None:
+    from django.db import connections
+
+    for connection in connections.all(initialized_only=True):
+        if connection.connection is not None and not connection.is_usable():
+            connection.close()
+
+
+def main(
+    conn: Connection, settings_module: str, worker_id: str, parent_pid: int, stop_flag: Any
+) -> None:
     _die_with_parent()
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(1)
@@ -36,12 +48,20 @@ def main(conn: Connection, settings_module: str, worker_id: str, parent_pid: int
     import django
 
     django.setup()
-    from django.db import close_old_connections
 
     from .. import events
     from ..runner import execute
 
+    def record(run: Any, target: Any, fields: dict[str, Any]) -> Any:
+        # The supervisor writes outcomes in batches with its next claim (one commit).
+        conn.send(("outcome", run.pk, target, fields))
+        for name, value in fields.items():
+            setattr(run, name, value)
+        run.status = target
+        return run
+
     conn.send(("ready", os.getpid()))
+    last_run = time.monotonic()
     while True:
         try:
             message: Any = conn.recv()
@@ -50,11 +70,18 @@ def main(conn: Connection, settings_module: str, worker_id: str, parent_pid: int
         if message is None:
             break
         run = message
-        close_old_connections()
+        if stop_flag.value:  # the worker drains: leave queued runs to other workers
+            conn.send(("skipped", run.pk))
+            continue
+        if time.monotonic() - last_run > IDLE_RECHECK:
+            # Keep the connection across runs (reconnecting costs more than a no-op run),
+            # but after a pause make sure it survived (the database may have restarted).
+            close_unusable_connection()
         try:
-            execute(run.pk, worker_id, run=run)
+            execute(run.pk, worker_id, run=run, record=record)
         except Exception as exc:  # execute() records handler errors; this is our own failure
             conn.send(("error", run.pk, f"{type(exc).__name__}: {exc}"))
             continue
         conn.send(("done", run.pk))
+        last_run = time.monotonic()
     events.pusher.flush()

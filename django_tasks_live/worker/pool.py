@@ -6,6 +6,7 @@ import logging
 import multiprocessing
 import os
 import time
+from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -22,17 +23,29 @@ _spawn = multiprocessing.get_context("spawn")
 @dataclass
 class Assignment:
     run: Run
-    started: float  # time.monotonic()
-    deadline: float | None  # when the run is killed (its timeout plus the grace period)
+    timeout: float | None
+    started: float | None = None  # time.monotonic() when the executor began it
+    deadline: float | None = None  # when it is killed (its timeout plus the grace period)
+
+    def begin(self, grace: float) -> None:
+        self.started = time.monotonic()
+        self.deadline = self.started + self.timeout + grace if self.timeout else None
 
 
 class Slot:
-    """One executor process; runs one run at a time."""
+    """One executor process and the runs queued on its pipe (it runs them in order).
 
-    def __init__(self, index: int, worker_id: str) -> None:
+    A short queue per executor keeps it busy while the supervisor commits; the head of
+    the queue is the run executing now, so time limits apply to the head only.
+    """
+
+    def __init__(self, index: int, worker_id: str, depth: int, grace: float, stop_flag: Any) -> None:
         self.index = index
+        self.stop_flag = stop_flag
         self.worker_id = worker_id
-        self.assignment: Assignment | None = None
+        self.depth = depth
+        self.grace = grace
+        self.queue: deque[Assignment] = deque()
         self.ready = False
         self._start()
 
@@ -41,7 +54,7 @@ class Slot:
         self.conn: Connection = parent_end
         self.process = _spawn.Process(
             target=executor.main,
-            args=(child_end, settings.SETTINGS_MODULE, self.worker_id, os.getpid()),
+            args=(child_end, settings.SETTINGS_MODULE, self.worker_id, os.getpid(), self.stop_flag),
             name=f"tasks-live-executor-{self.index}",
             daemon=True,
         )
@@ -50,13 +63,34 @@ class Slot:
         self.ready = False
 
     @property
-    def idle(self) -> bool:
-        return self.ready and self.assignment is None and self.process.is_alive()
+    def current(self) -> Assignment | None:
+        return self.queue[0] if self.queue else None
 
-    def assign(self, run: Run, timeout: float | None, grace: float) -> None:
-        now = time.monotonic()
-        self.assignment = Assignment(run, now, now + timeout + grace if timeout else None)
+    @property
+    def has_room(self) -> bool:
+        return self.ready and len(self.queue) < self.depth and self.process.is_alive()
+
+    def assign(self, run: Run, timeout: float | None) -> None:
+        assignment = Assignment(run, timeout)
+        if not self.queue:
+            assignment.begin(self.grace)
+        self.queue.append(assignment)
         self.conn.send(run)
+
+    def finished(self, run_id: int) -> None:
+        """The executor is done with ``run_id`` (the head); the next run begins."""
+        if self.queue and self.queue[0].run.pk == run_id:
+            self.queue.popleft()
+            if self.queue:
+                self.queue[0].begin(self.grace)
+
+    def take_back(self) -> tuple[Assignment | None, list[Run]]:
+        """Empty the queue: (the run executing now, the runs that never started)."""
+        if not self.queue:
+            return None, []
+        head, *waiting = self.queue
+        self.queue.clear()
+        return head, [a.run for a in waiting]
 
     def receive(self) -> tuple[Any, ...] | None:
         """The executor's next message, or None if its pipe closed."""
@@ -69,9 +103,7 @@ class Slot:
         """Hard stop (the handler ignores its context); a fresh executor replaces it."""
         if self.process.is_alive():
             self.process.kill()
-        self.process.join(5)
-        self.conn.close()
-        self._start()
+        self.restart()
 
     def stop(self, timeout: float = 5.0) -> None:
         try:
@@ -85,6 +117,6 @@ class Slot:
         self.conn.close()
 
     def restart(self) -> None:
-        self.process.join(1)
+        self.process.join(5)
         self.conn.close()
         self._start()

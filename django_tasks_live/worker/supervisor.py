@@ -7,6 +7,7 @@ PostgreSQL LISTEN socket, so a finished run or a new one wakes it at once.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import signal
 import socket
@@ -55,11 +56,14 @@ class Supervisor:
         self.stdout = stdout or sys.stdout
         self.slots: list[Slot] = []
         self.buffer: deque[Run] = deque()  # claimed, not yet handed to an executor
+        self.outcomes: list[store.Outcome] = []  # reported by executors, not yet written
         self.claimed = 0
         self.processed = 0
         self.draining = False
         self.exit_now = False
         self.listener = Listener(router.db_for_write(Run))
+        # Set when draining: executors skip (and report) runs queued on their pipes.
+        self.stop_flag = multiprocessing.get_context("spawn").Value("b", 0, lock=False)
         self._wake = True
         self._next_poll = 0.0
         self._next_heartbeat = 0.0
@@ -71,7 +75,9 @@ class Supervisor:
     def run(self) -> int:
         self._install_signals()
         self._register()
-        self.slots = [Slot(i, self.id) for i in range(self.concurrency)]
+        depth, grace = 1 + conf.get("PREFETCH"), conf.get("KILL_GRACE")
+        self.slots = [Slot(i, self.id, depth, grace, self.stop_flag)
+                      for i in range(self.concurrency)]
         try:
             self._wait_ready()
             self.listener.open()
@@ -106,7 +112,7 @@ class Supervisor:
     def _finished(self) -> bool:
         if self.exit_now:
             return True
-        in_flight = any(slot.assignment for slot in self.slots)
+        in_flight = any(slot.queue for slot in self.slots) or self.outcomes
         return (self.draining or self._limit_reached()) and not in_flight and not self.buffer
 
     def _limit_reached(self) -> bool:
@@ -114,15 +120,19 @@ class Supervisor:
 
     def _shutdown(self) -> None:
         try:
-            if self.buffer:
-                store.requeue([run.pk for run in self.buffer], reason="")
-                self.buffer.clear()
-            for slot in self.slots:
-                if slot.assignment is not None:  # only after a second signal
-                    slot.kill()
-                    store.release(slot.assignment.run.pk, "WorkerStopped",
+            if self.outcomes:
+                store.settle(self.outcomes, self.id, self.queues, 0)
+                self.outcomes = []
+            for slot in self.slots:  # runs are left only after a second signal
+                head, waiting = slot.take_back()
+                self.buffer.extend(waiting)
+                if head is not None:
+                    slot.process.kill()
+                    store.release(head.run.pk, "WorkerStopped",
                                   "worker stopped before the run finished", counts=False)
-                    slot.assignment = None
+            if self.buffer:
+                store.requeue([run.pk for run in self.buffer])
+                self.buffer.clear()
             for slot in self.slots:
                 slot.stop()
             store.stop_worker(self.id)
@@ -149,10 +159,10 @@ class Supervisor:
     def _iterate(self) -> None:
         try:
             self._housekeeping()
-            if self.draining and self.buffer:
-                store.requeue([run.pk for run in self.buffer])
-                self.buffer.clear()
-            self._claim_if_needed()
+            if self.draining:
+                self._requeue_not_started()
+            self._dispatch()  # first: executors work while the settle commits
+            self._settle()
             self._dispatch()
             self._enforce_deadlines()
             if self.burst and self._idle_and_empty():
@@ -187,39 +197,62 @@ class Supervisor:
                 self._wake = True
 
     def _capacity(self) -> int:
-        """How many more runs to claim: fill idle executors plus a small buffer."""
-        busy = sum(1 for slot in self.slots if slot.assignment)
-        want = 2 * self.concurrency - busy - len(self.buffer)
+        """How many more runs to claim: fill idle executors plus a prefetch buffer, so
+        claims (and the outcomes written with them) go in batches, not one per run."""
+        assigned = sum(len(slot.queue) for slot in self.slots)
+        want = self.concurrency * (1 + conf.get("PREFETCH")) - assigned - len(self.buffer)
         if self.max_tasks is not None:
             want = min(want, self.max_tasks - self.claimed)
         return max(0, min(want, conf.get("CLAIM_BATCH")))
 
-    def _claim_if_needed(self) -> None:
-        if self.draining or self._limit_reached():
+    def _settle(self) -> None:
+        """Write reported outcomes and claim more runs, together in one transaction."""
+        limit = self._claim_limit()
+        if not self.outcomes and not limit:
             return
-        now = time.monotonic()
-        if len(self.buffer) >= self.concurrency or not (self._wake or now >= self._next_poll):
-            return
-        limit = self._capacity()
-        if limit == 0:
-            return
-        self._wake = False
-        poll = conf.get("PG_POLL_INTERVAL" if self.listener.active else "POLL_INTERVAL")
-        self._next_poll = now + poll
-        claimed = store.claim(self.id, self.queues, limit)
+        outcomes, self.outcomes = self.outcomes, []
+        try:
+            _, claimed = store.settle(outcomes, self.id, self.queues, limit)
+        except DatabaseError:
+            self.outcomes = outcomes + self.outcomes  # keep them for the next round
+            raise
         self.claimed += len(claimed)
         self.buffer.extend(claimed)
-        if len(claimed) == limit:
+        if limit and len(claimed) == limit:
             self._wake = True  # probably more waiting
 
+    def _claim_limit(self) -> int:
+        if self.draining or self._limit_reached():
+            return 0
+        now = time.monotonic()
+        if self._capacity() < max(1, self.concurrency * conf.get("PREFETCH") // 2):
+            return 0  # wait until a batch's worth is free: fewer, bigger claims
+        if not (self._wake or now >= self._next_poll):
+            return 0
+        limit = self._capacity()
+        if limit:
+            self._wake = False
+            poll = conf.get("PG_POLL_INTERVAL" if self.listener.active else "POLL_INTERVAL")
+            self._next_poll = now + poll
+        return limit
+
     def _dispatch(self) -> None:
-        grace = conf.get("KILL_GRACE")
-        for slot in self.slots:
-            if not self.buffer:
+        """Hand buffered runs to executors, shortest queue first."""
+        while self.buffer:
+            open_slots = [slot for slot in self.slots if slot.has_room]
+            if not open_slots:
                 return
-            if slot.idle:
-                run = self.buffer.popleft()
-                slot.assign(run, self._timeout_of(run), grace)
+            slot = min(open_slots, key=lambda s: len(s.queue))
+            run = self.buffer.popleft()
+            slot.assign(run, self._timeout_of(run))
+
+    def _requeue_not_started(self) -> None:
+        """Draining: runs claimed but not begun go back to pending for other workers
+        (executors report the ones queued on their pipes as skipped)."""
+        self.stop_flag.value = 1
+        if self.buffer:
+            store.requeue([run.pk for run in self.buffer])
+            self.buffer.clear()
 
     @staticmethod
     def _timeout_of(run: Run) -> float | None:
@@ -229,19 +262,19 @@ class Supervisor:
             return effective_timeout(run, None)
 
     def _idle_and_empty(self) -> bool:
-        if self.buffer or any(slot.assignment for slot in self.slots):
+        if self.buffer or self.outcomes or any(slot.queue for slot in self.slots):
             return False
         return not store.has_due(self.queues)
 
     def _wait_for_events(self) -> None:
-        if self.exit_now or (self._wake and self._capacity()):
+        if self.exit_now or self.outcomes or (self._wake and self._capacity()):
             timeout = 0.0
         else:
             timeout = max(0.0, self._next_poll - time.monotonic())
             if self.listener.active and not self.buffer:
                 timeout = max(timeout, 0.001)
-            deadlines = [s.assignment.deadline for s in self.slots
-                         if s.assignment and s.assignment.deadline]
+            deadlines = [s.current.deadline for s in self.slots
+                         if s.current and s.current.deadline]
             if deadlines:
                 timeout = min(timeout, max(0.0, min(deadlines) - time.monotonic()))
             timeout = min(timeout, max(0.0, self._next_heartbeat - time.monotonic()))
@@ -267,6 +300,8 @@ class Supervisor:
                 continue
             if obj is slot.conn:
                 self._on_message(slot, slot.receive())
+                while slot.conn.poll():  # take everything waiting: one settle for all of it
+                    self._on_message(slot, slot.receive())
             elif not slot.process.is_alive():
                 self._on_executor_death(slot)
 
@@ -280,28 +315,33 @@ class Supervisor:
         kind = message[0]
         if kind == "ready":
             slot.ready = True
+        elif kind == "outcome":
+            self.outcomes.append(store.Outcome(*message[1:]))
+        elif kind == "skipped":
+            slot.finished(message[1])
+            store.requeue([message[1]])
         elif kind in ("done", "error"):
             if kind == "error":
                 logger.error("Executor failed on run %s: %s", message[1], message[2])
                 store.release(message[1], "ExecutorError", message[2])
-            slot.assignment = None
+            slot.finished(message[1])
             self.processed += 1
             self._wake = True
 
     def _on_executor_death(self, slot: Slot) -> None:
         code = slot.process.exitcode
-        if slot.assignment is not None:
-            run = slot.assignment.run
-            logger.error("Executor died (exit %s) while running run %s", code, run.pk)
-            store.release(run.pk, "ExecutorDied", f"executor process exited with code {code}")
-            slot.assignment = None
+        head, waiting = slot.take_back()
+        self.buffer.extendleft(reversed(waiting))
+        if head is not None:
+            logger.error("Executor died (exit %s) while running run %s", code, head.run.pk)
+            store.release(head.run.pk, "ExecutorDied", f"executor process exited with code {code}")
             self.processed += 1
         slot.restart()
 
     def _enforce_deadlines(self) -> None:
         now = time.monotonic()
         for slot in self.slots:
-            assignment = slot.assignment
+            assignment = slot.current
             if assignment and assignment.deadline is not None and now >= assignment.deadline:
                 self._kill(slot, Status.TIMED_OUT, "TaskTimeout",
                            "time limit exceeded; the handler did not stop and was killed")
@@ -312,7 +352,7 @@ class Supervisor:
             return
         grace = conf.get("KILL_GRACE")
         for slot in self.slots:
-            assignment = slot.assignment
+            assignment = slot.current
             if assignment is None or assignment.run.pk not in requested:
                 continue
             asked = requested[assignment.run.pk]
@@ -321,10 +361,11 @@ class Supervisor:
                            "canceled; the handler did not stop and was killed")
 
     def _kill(self, slot: Slot, target: Status, error_type: str, message: str) -> None:
-        assert slot.assignment is not None
-        run = slot.assignment.run
+        head, waiting = slot.take_back()
+        assert head is not None
+        run = head.run
+        self.buffer.extendleft(reversed(waiting))  # never started: another executor takes them
         slot.kill()
-        slot.assignment = None
         self.processed += 1
         store.end_killed_run(run.pk, target, error_type, message)
         logger.warning("Run %s: %s", run.pk, message)
