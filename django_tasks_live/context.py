@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import functools
 import logging
 import math
 import time
@@ -60,6 +61,11 @@ def db_call[T](fn: Callable[[], T]) -> T:
     except RuntimeError:
         return fn()
     return _db_thread.submit(fn).result()
+
+
+async def _off_loop[T](fn: Callable[[], T]) -> T:
+    """Await a blocking database call made on the shared database thread."""
+    return await asyncio.wrap_future(_db_thread.submit(fn))
 
 
 class TaskContext:
@@ -229,17 +235,19 @@ class TaskContext:
 
     # -- async twins ------------------------------------------------------------
 
+    # On the one database thread: asyncio.to_thread would open (and leak) a database
+    # connection in every pool thread of every run's event loop.
     async def aprogress(self, *args: Any, **kwargs: Any) -> None:
-        await asyncio.to_thread(self.progress, *args, **kwargs)
+        await _off_loop(functools.partial(self.progress, *args, **kwargs))
 
     async def astep(self, name: str, message: str | None = None) -> None:
-        await asyncio.to_thread(self.step, name, message)
+        await _off_loop(functools.partial(self.step, name, message))
 
     async def ais_canceled(self) -> bool:
-        return await asyncio.to_thread(self.is_canceled)
+        return await _off_loop(self.is_canceled)
 
     async def acheck(self) -> None:
-        await asyncio.to_thread(self.check)
+        await _off_loop(self.check)
 
     # -- binding to the current thread/task ------------------------------------
 

@@ -197,22 +197,32 @@ def test_current_context_inside_a_run():
 
 @pytest.mark.django_db(transaction=True)
 def test_async_twins():
-    from django.db import connections
+    from django.db import connection, connections
+
+    from django_tasks_live import context
 
     ctx = context_for("import-data")
 
     async def handler_like():
-        # One executor thread, so its database connection can be closed at the end.
-        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(1))
         await ctx.astep("download")
         await ctx.aprogress("half", 1, 2)
         canceled_before = await ctx.ais_canceled()
         await asyncio.to_thread(tasks_live.cancel, ctx.run.id)
         with live(CANCEL_CHECK_INTERVAL=0), pytest.raises(Canceled):
             await ctx.acheck()
-        await asyncio.to_thread(connections.close_all)
         return canceled_before
 
-    assert asyncio.run(handler_like()) is False
+    # The twins share one database thread (one connection per process, not per call).
+    with ThreadPoolExecutor(1) as pool:
+        loop = asyncio.new_event_loop()
+        loop.set_default_executor(pool)
+        try:
+            assert loop.run_until_complete(handler_like()) is False
+            loop.run_until_complete(asyncio.to_thread(connections.close_all))
+        finally:
+            loop.close()
+    assert context._db_thread.submit(lambda: connection.connection is not None).result()
+    context._db_thread.submit(connections.close_all).result()
+
     run = Run.objects.get(pk=ctx.run.id)
     assert run.status == Status.CANCEL_REQUESTED and run.steps[0]["state"] == "running"

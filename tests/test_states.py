@@ -11,6 +11,7 @@ from django_tasks_live.states import (
     IllegalTransition,
     Status,
     can_move,
+    outcome_status,
 )
 
 
@@ -65,3 +66,9 @@ def test_illegal_transition_names_the_run_and_both_statuses():
     assert (exc.run_id, exc.current, exc.target) == (7, "completed", "running")
     assert isinstance(exc, ValueError)
     assert set(ALLOWED_FROM) == set(Status)
+
+
+def test_a_retry_of_a_run_whose_cancel_was_requested_ends_canceled():
+    assert outcome_status(Status.CANCEL_REQUESTED, Status.RETRYING) == Status.CANCELED
+    assert outcome_status(Status.RUNNING, Status.RETRYING) == Status.RETRYING
+    assert outcome_status(Status.CANCEL_REQUESTED, Status.FAILED) == Status.FAILED
