@@ -125,3 +125,35 @@ def resumable(ctx, seconds: float = 1.0):
         ctx.check()
         time.sleep(0.02)
     return ctx.run.attempt
+
+
+@task("async-sleepy", timeout=0.2)
+async def async_sleepy(ctx, seconds: float = 5.0):
+    """An async handler that never checks ctx: only wait_for's timeout ends it."""
+    await asyncio.sleep(seconds)
+
+
+@task("fail-on-cancel", retries=3, backoff="fixed", backoff_base=0.01)
+def fail_on_cancel(ctx):
+    """Notices a cancel request and fails instead of raising Canceled (a retryable error)."""
+    from django_tasks_live import cancel
+
+    cancel(ctx.run.id)  # as if someone pressed Cancel while it ran
+    while not ctx.is_canceled():
+        time.sleep(0.01)
+    raise RuntimeError("stopped half-way")
+
+
+@task("cancels-itself")
+def cancels_itself(ctx):
+    from django_tasks_live import cancel
+
+    cancel(ctx.run.id)
+    ctx.progress("after the request")  # the write reports the request back
+    ctx.check()
+    return "not reached"
+
+
+@task("fails-silently")
+def fails_silently(ctx):
+    raise LookupError()
