@@ -7,7 +7,7 @@ Enqueues ``--n`` no-ops into a throwaway database, runs ``tasks_worker --burst``
 them and reports, per run: statements by kind for the supervisor and the executors,
 CPU milliseconds (user+sys of the worker and its executors), and wall time. Counts of
 statements do not depend on how busy the machine is, unlike jobs/s. ``--py-spy`` also
-records raw stacks of all worker processes (``py-spy record --subprocesses -f raw``).
+records raw stacks of all worker processes while they hold the GIL (``py-spy record --subprocesses --gil -f raw``).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def main() -> None:
         cmd = [py, "-m", "django", "tasks_worker", "--burst",
                "--concurrency", str(args.concurrency)]
         if args.py_spy:
-            cmd = [str(Path(py).parent / "py-spy"), "record", "--subprocesses", "--nonblocking",
+            cmd = [str(Path(py).parent / "py-spy"), "record", "--subprocesses", "--nonblocking", "--gil",
                    "-r", "250", "-f", "raw", "-o", str(args.py_spy), "--", *cmd]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.monotonic()
