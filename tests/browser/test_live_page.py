@@ -96,16 +96,17 @@ def browser(session_id):
         chromium.close()
 
 
-def open_page(browser, session_id: str, port: int, task: str):
-    """The test page as a logged-in staff user, with the bar's widths being recorded."""
+def open_page(browser, session_id: str, port: int, path: str):
+    """``path`` as a logged-in staff user, recording the widths of the #item bar if any."""
     context = browser.new_context(viewport={"width": 900, "height": 700})
     base = f"http://127.0.0.1:{port}"
     context.add_cookies([{"name": "sessionid", "value": session_id,
                           "url": base}])
     page = context.new_page()
-    page.goto(f"{base}/live/{task}/")
-    page.evaluate(RECORD_WIDTHS)
-    page.wait_for_selector("#live.tasks-live--connected", timeout=15_000)
+    page.goto(base + path)
+    if page.locator("#item").count():
+        page.evaluate(RECORD_WIDTHS)
+    page.wait_for_selector("[data-tasks-live-stream].tasks-live--connected", timeout=15_000)
     return page
 
 
@@ -123,7 +124,7 @@ def item_state(page) -> dict:
 def test_progress_bar_moves_to_100_percent_live(site, session_id, browser, tmp_path):
     _, port, start_daphne = site
     start_daphne()
-    page = open_page(browser, session_id, port, "import-data")
+    page = open_page(browser, session_id, port, "/live/import-data/")
     assert item_state(page)["status"] == "idle"
 
     # The Start button POSTs (with the CSRF token) to the start endpoint; the worker runs it.
@@ -147,7 +148,7 @@ def test_progress_bar_moves_to_100_percent_live(site, session_id, browser, tmp_p
 def test_page_recovers_after_daphne_restarts_mid_run(site, session_id, browser, tmp_path):
     _, port, start_daphne = site
     daphne = start_daphne()
-    page = open_page(browser, session_id, port, "import-data")
+    page = open_page(browser, session_id, port, "/live/import-data/")
     stream_urls: list[str] = []
     page.on("request", lambda request: stream_urls.append(request.url)
             if "/tasks/events/" in request.url else None)
@@ -175,3 +176,22 @@ def test_page_recovers_after_daphne_restarts_mid_run(site, session_id, browser, 
     # The reconnect asked for the events after the last one the page had seen.
     assert stream_urls and all("last_event_id=" in url for url in stream_urls), stream_urls
     assert page.evaluate("TasksLive.sources[0].reconnects") >= 1
+
+
+def test_status_page_cancel_button_and_runs_leaving_the_status(site, session_id, browser, tmp_path):
+    _, port, start_daphne = site
+    start_daphne()
+    page = open_page(browser, session_id, port, "/tasks/runs/?status=running")
+    assert page.locator("[data-tasks-live-empty]").is_visible()
+
+    run = orm(tasks_live.start, "sleepy", seconds=60)
+    item = page.locator(f'[data-tasks-live-run="{run.pk}"]')
+    # The run appears once a worker claims it (cloned from the list's <template>).
+    item.locator("[data-tasks-live-action=cancel]:visible").wait_for(timeout=20_000)
+    assert not page.locator("[data-tasks-live-empty]").is_visible()
+    page.screenshot(path=str(tmp_path / "running-page.png"), full_page=True)
+
+    item.locator("[data-tasks-live-action=cancel]").click()
+    item.wait_for(state="detached", timeout=20_000)  # no longer running: it leaves the page
+    assert orm(tasks_live.wait, run.pk, timeout=30).status == Status.CANCELED
+    assert page.locator("[data-tasks-live-empty]").is_visible()
