@@ -82,11 +82,17 @@ def item_from_push(state: dict[str, Any], owner_id: int | None) -> Item:
 
 
 class Mailbox:
-    """A stream's bounded inbox. Overflow empties it and flags the stream to catch up."""
+    """A stream's bounded inbox. Overflow empties it and flags the stream to catch up.
+
+    No timer per stream: the hub nudges mailboxes that have been idle for a heartbeat
+    interval, so waking a stream costs one event, however many streams there are.
+    """
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.overflowed = False
+        self.heartbeat_due = False
+        self.idle_since = time.monotonic()  # the stream's last write
         self._entries: deque[Batch | Item] = deque()
         self._count = 0
         self._ready = asyncio.Event()
@@ -103,23 +109,23 @@ class Mailbox:
             self._entries.append(entry)
         self._ready.set()
 
-    async def wait(self, timeout: float) -> bool:
-        """True when there is something to take (or an overflow), False on timeout."""
-        if not self._ready.is_set():
-            try:
-                await asyncio.wait_for(self._ready.wait(), timeout)
-            except TimeoutError:
-                return False
-        return True
+    def nudge(self) -> None:
+        """Ask the stream for a heartbeat."""
+        self.heartbeat_due = True
+        self._ready.set()
 
-    def take(self) -> tuple[list[Batch | Item], bool]:
-        """Everything queued, and whether entries were dropped since the last take."""
-        entries, overflowed = list(self._entries), self.overflowed
+    async def wait(self) -> None:
+        await self._ready.wait()
+
+    def take(self) -> tuple[list[Batch | Item], bool, bool]:
+        """Everything queued, whether entries were dropped since the last take, and
+        whether a heartbeat is due."""
+        entries, overflowed, heartbeat = list(self._entries), self.overflowed, self.heartbeat_due
         self._entries.clear()
         self._count = 0
-        self.overflowed = False
+        self.overflowed = self.heartbeat_due = False
         self._ready.clear()
-        return entries, overflowed
+        return entries, overflowed, heartbeat
 
 
 class Hub:
@@ -144,7 +150,8 @@ class Hub:
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._poll_loop(), name="tasks-live-hub-poll"),
-                       asyncio.create_task(self._layer_loop(), name="tasks-live-hub-layer")]
+                       asyncio.create_task(self._layer_loop(), name="tasks-live-hub-layer"),
+                       asyncio.create_task(self._heartbeat_loop(), name="tasks-live-hub-beat")]
 
     def stop(self) -> None:
         from django.db import connections
@@ -273,6 +280,15 @@ class Hub:
         self._owners.move_to_end(run_id)
         if len(self._owners) > OWNER_CACHE:
             self._owners.popitem(last=False)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            interval = conf.get("SSE_HEARTBEAT_INTERVAL")
+            await asyncio.sleep(min(1.0, interval / 2))
+            now = time.monotonic()
+            for mailbox in list(self.mailboxes):
+                if now - mailbox.idle_since >= interval:
+                    mailbox.nudge()
 
     # -- the channel layer
 

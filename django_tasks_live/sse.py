@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 from channels.consumer import get_handler_name
@@ -159,12 +160,13 @@ class Stream:
 
     async def run(self, raw_last_event_id: str | None) -> None:
         await self.start(raw_last_event_id)
-        heartbeat = conf.get("SSE_HEARTBEAT_INTERVAL")
         while True:
-            if not await self.mailbox.wait(heartbeat):
-                await self.send(b": heartbeat\n\n", more_body=True)
-                continue
-            await self.deliver(*self.mailbox.take())
+            await self.mailbox.wait()
+            entries, overflowed, heartbeat = self.mailbox.take()
+            if entries or overflowed:
+                await self.deliver(entries, overflowed)
+            elif heartbeat:
+                await self.flush([b": heartbeat\n\n"])
 
     async def start(self, raw: str | None) -> None:
         head = f"retry: {int(conf.get('SSE_RETRY_MS'))}\n\n".encode()
@@ -241,6 +243,7 @@ class Stream:
         if any(frames):
             await self.send(b"".join(frames), more_body=True)
             frames.clear()
+            self.mailbox.idle_since = time.monotonic()
 
 
 def replay_refusal(event_id: int) -> str | None:

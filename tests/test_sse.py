@@ -101,10 +101,13 @@ def test_mailbox_overflow_drops_everything_and_flags_a_catch_up():
         box = Mailbox(size=3)
         box.put(Batch(0, 2, [object(), object()]))  # type: ignore[list-item]
         box.put(Batch(2, 4, [object(), object()]))  # type: ignore[list-item]
-        assert await box.wait(0.01)
-        entries, overflowed = box.take()
-        assert entries == [] and overflowed
-        assert not await box.wait(0.01)
+        await asyncio.wait_for(box.wait(), 1)
+        assert box.take() == ([], True, False)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(box.wait(), 0.05)
+        box.nudge()
+        await asyncio.wait_for(box.wait(), 1)
+        assert box.take() == ([], False, True)
 
     asyncio.run(scenario())
 
@@ -357,9 +360,9 @@ def test_a_slow_stream_that_overflows_its_mailbox_catches_up_from_the_database(
     take = Mailbox.take
 
     def spy(self: Mailbox) -> Any:
-        entries, overflowed = take(self)
+        entries, overflowed, heartbeat = take(self)
         overflows.append(overflowed)
-        return entries, overflowed
+        return entries, overflowed, heartbeat
 
     monkeypatch.setattr(Mailbox, "take", spy)
     flush = Stream.flush
