@@ -23,7 +23,7 @@ from . import store
 from .context import db_call
 from .models import Run
 from .registry import TaskSpec, UnknownTask
-from .states import DJANGO_STATUS, Status
+from .states import ACTIVE, DJANGO_STATUS, Status
 
 
 class LiveTasksBackend(BaseTaskBackend):
@@ -113,11 +113,20 @@ def to_result(run: Run, task: Task | None = None) -> TaskResult:
         kwargs=run.kwargs,
         backend=run.backend or task.backend,
         errors=errors,
-        worker_ids=list(run.worker_ids) or ([run.worker_id] if run.worker_id else []),
+        worker_ids=_worker_ids(run),
     )
     if run.status == Status.COMPLETED:
         object.__setattr__(result, "_return_value", run.result)
     return result
+
+
+def _worker_ids(run: Run) -> list[str]:
+    """One entry per attempt (django.tasks counts attempts this way): the finished
+    attempts' workers, plus the current worker while an attempt is in flight."""
+    ids = list(run.worker_ids)
+    if run.status in ACTIVE and run.worker_id:
+        ids.append(run.worker_id)
+    return ids
 
 
 def _exception_path(path: str) -> str:
