@@ -81,10 +81,28 @@ def test_bad_arguments_answer_400_with_the_reason(client, staff, body, reason):
     assert not store.runs().exists()
 
 
-def test_bad_form_values_answer_400(client, staff):
-    response = client.post("/tasks/start/import-data/", {"rows": "many"})
+def test_form_booleans_are_words(client, staff):
+    response = client.post("/tasks/start/sleepy/", {"seconds": "0.5", "cooperative": "false"})
+    assert store.get_run(response.json()["run"]["id"]).kwargs == {"seconds": 0.5, "cooperative": False}
+
+
+@pytest.mark.parametrize(
+    ("form", "reason"),
+    [
+        ({"rows": "many"}, "rows must be an integer, got 'many'."),
+        ({"delay": "soon"}, "delay must be a number, got 'soon'."),
+        ({"rows": "1", "colour": "red"}, "unexpected keyword argument 'colour'"),
+    ],
+)
+def test_bad_form_values_answer_400(client, staff, form, reason):
+    response = client.post("/tasks/start/import-data/", form)
     assert response.status_code == 400
-    assert response.json()["error"] == "rows must be an integer, got 'many'."
+    assert reason in response.json()["error"]
+
+
+def test_bad_form_booleans_answer_400(client, staff):
+    response = client.post("/tasks/start/sleepy/", {"cooperative": "maybe"})
+    assert response.json() == {"error": "cooperative must be a boolean (true/false), got 'maybe'."}
 
 
 def test_unknown_task_answers_404_with_suggestions(client, staff):

@@ -281,7 +281,7 @@
     item.setAttribute("data-status", status);
     item.setAttribute("data-run-id", String(state.id));
     item.className = item.className.replace(/(^|\s)tasks-live--[\w-]+/g, "").trim() +
-      " tasks-live--" + status;
+      " tasks-live--" + String(status).replace(/[^\w-]/g, "");
     var percent = percentOf(state);
     within(item, "[data-tasks-live-bar]").forEach(function (el) {
       el.style.width = (percent || 0) + "%";
