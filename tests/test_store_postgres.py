@@ -1,0 +1,105 @@
+"""PostgreSQL only: concurrent claims over several connections (FOR UPDATE SKIP LOCKED).
+
+Run with ``TASKS_LIVE_TEST_DB=postgres``; skipped (with the reason) on SQLite, and the
+whole suite skips when the server does not answer (see conftest).
+"""
+
+import threading
+from collections import Counter
+
+import pytest
+from django.db import connection, transaction
+
+from django_tasks_live import store
+from django_tasks_live.models import Run
+from django_tasks_live.states import Status
+from tests.support.db import requires_postgres
+
+pytestmark = [requires_postgres, pytest.mark.django_db(transaction=True)]
+
+RUNS = 600
+THREADS = 6
+
+
+def in_thread(fn):
+    """Run ``fn`` on its own thread, hence its own database connection (closed after)."""
+    def target(*args):
+        try:
+            fn(*args)
+        finally:
+            connection.close()
+    return target
+
+
+def test_concurrent_claims_never_share_a_run():
+    store.create_runs([store.NewRun(task_name="noop", kwargs={"n": i}) for i in range(RUNS)])
+    claimed: dict[str, list[int]] = {f"w{i}": [] for i in range(THREADS)}
+    start = threading.Barrier(THREADS)
+
+    @in_thread
+    def claim_all(worker_id):
+        start.wait()
+        while batch := store.claim(worker_id, None, limit=7):
+            claimed[worker_id] += [run.pk for run in batch]
+
+    threads = [threading.Thread(target=claim_all, args=(w,)) for w in claimed]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    counts = Counter(pk for ids in claimed.values() for pk in ids)
+    assert len(counts) == RUNS and set(counts.values()) == {1}  # every run, exactly once
+    assert sum(1 for ids in claimed.values() if ids) > 1  # the workers really overlapped
+    owners = dict(Run.objects.values_list("id", "worker_id"))
+    assert all(owners[pk] == w for w, ids in claimed.items() for pk in ids)
+    assert set(Run.objects.values_list("status", flat=True)) == {Status.RUNNING}
+
+
+def test_a_claim_skips_rows_locked_by_another_transaction_instead_of_waiting():
+    runs = store.create_runs([store.NewRun(task_name="noop") for _ in range(4)])
+    locked = threading.Event()
+    release = threading.Event()
+
+    @in_thread
+    def hold_first_two():
+        with transaction.atomic():
+            list(Run.objects.select_for_update().filter(pk__in=[runs[0].pk, runs[1].pk]))
+            locked.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold_first_two)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        got = store.claim("w1", None, limit=10)  # would block here without SKIP LOCKED
+        assert [r.pk for r in got] == [runs[2].pk, runs[3].pk]
+    finally:
+        release.set()
+        holder.join(10)
+    assert [r.pk for r in store.claim("w2", None, limit=10)] == [runs[0].pk, runs[1].pk]
+
+
+def test_settle_batches_outcomes_and_claims_without_sharing():
+    store.create_runs([store.NewRun(task_name="noop") for _ in range(200)])
+    claimed: dict[str, list[int]] = {f"w{i}": [] for i in range(4)}
+    start = threading.Barrier(4)
+
+    @in_thread
+    def work(worker_id):
+        start.wait()
+        outcomes = []
+        while True:
+            _, batch = store.settle(outcomes, worker_id, None, limit=5)
+            if not batch and not outcomes:
+                return
+            claimed[worker_id] += [run.pk for run in batch]
+            outcomes = [store.Outcome(run.pk, Status.COMPLETED, {"result": run.pk}) for run in batch]
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in claimed]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    counts = Counter(pk for ids in claimed.values() for pk in ids)
+    assert len(counts) == 200 and set(counts.values()) == {1}
+    assert Run.objects.filter(status=Status.COMPLETED).count() == 200
