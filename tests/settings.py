@@ -100,7 +100,7 @@ TASKS = {"default": {"BACKEND": "django_tasks_live.backends.LiveTasksBackend",
                      "QUEUES": ["default", "other"]}}
 TASKS_LIVE = {
     "HEARTBEAT_INTERVAL": float(os.environ.get("TASKS_LIVE_HEARTBEAT", "0.5")),
-    "HEARTBEAT_TIMEOUT": float(os.environ.get("TASKS_LIVE_HEARTBEAT_TIMEOUT", "3")),
+    "HEARTBEAT_TIMEOUT": float(os.environ.get("TASKS_LIVE_HEARTBEAT_TIMEOUT", "10")),
     "KILL_GRACE": 1.0,
     "RETRY_BACKOFF_BASE": 0.05,
     "SSE_HEARTBEAT_INTERVAL": float(os.environ.get("TASKS_LIVE_SSE_HEARTBEAT", "15")),

@@ -20,6 +20,9 @@ from tests.support.processes import children, wait_until, worker_args
 from tests.support.tcpproxy import TcpProxy
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.django_db(transaction=True)]
+# A lost worker is declared lost after 3 s here (the suite's default is more forgiving,
+# so a worker starved of CPU on a busy machine is not taken for dead).
+FAST_RESCUE = {"TASKS_LIVE_HEARTBEAT_TIMEOUT": "3"}
 
 
 def test_four_workers_run_every_run_exactly_once(tmp_path, _calls_dir):
@@ -42,11 +45,13 @@ def test_sigkilled_worker_is_recovered_by_another(tmp_path, _calls_dir):
     run = tasks_live.start("resumable", seconds=1.0)
     last_try = tasks_live.start("sleepy", seconds=1.0)  # no retries left: fails "worker lost"
     with children(tmp_path) as spawn:
-        doomed = spawn(worker_args("--worker-id", "doomed", "--concurrency", "2"))
-        wait_until(lambda: store.runs(status=[Status.RUNNING]).count() == 2, 20, "runs started")
+        doomed = spawn(worker_args("--worker-id", "doomed", "--concurrency", "2"), **FAST_RESCUE)
+        # "running" means claimed; wait until both handlers really began.
+        wait_until(lambda: len(read_calls(_calls_dir, "resumable")) == 1
+                   and len(read_calls(_calls_dir, "sleepy")) == 1, 20, "handlers started")
         os.killpg(doomed.pid, signal.SIGKILL)
         killed_at = time.monotonic()
-        rescuer = spawn(worker_args("--worker-id", "rescuer"))
+        rescuer = spawn(worker_args("--worker-id", "rescuer"), **FAST_RESCUE)
         finished = tasks_live.wait(run.pk, timeout=30)
         lost = tasks_live.wait(last_try.pk, timeout=30)
         rescuer.stop()
