@@ -36,13 +36,13 @@ pytestmark = [
 sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
 
 # Every percent the bar showed, recorded in the page as it happens.
-RECORD_WIDTHS = """
-window.widths = [];
-new MutationObserver(() => {
-  const bar = document.querySelector('#item [data-tasks-live-bar]');
-  if (bar) window.widths.push(parseFloat(bar.style.width));
-}).observe(document.querySelector('#item'), {attributes: true, subtree: true});
-"""
+RECORD_WIDTHS = """() => {
+  window.widths = [];
+  new MutationObserver(() => {
+    const bar = document.querySelector('#item [data-tasks-live-bar]');
+    if (bar) window.widths.push(parseFloat(bar.style.width));
+  }).observe(document.querySelector('#item'), {attributes: true, subtree: true});
+}"""
 
 
 def orm(fn, *args, **kwargs):
