@@ -107,7 +107,7 @@ def _visible_runs(context: template.Context, **filters: Any):
     try:
         return store.runs(owner_id=authz.visible_owner(request.user), **filters)
     except PermissionError:
-        return Run.objects.none()
+        return store.runs().none()
 
 
 def item_context(run: Run | None, task_name: str, *, follow_task: bool) -> dict[str, Any]:
