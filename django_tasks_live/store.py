@@ -15,6 +15,7 @@ from typing import Any
 
 from django.db import IntegrityError, connections, router, transaction
 from django.db.models import F, OuterRef, Q, QuerySet, Subquery
+from django.db.models.fields.json import KeyTransform
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -139,8 +140,11 @@ def runs(
         qs = qs.filter(status__in=list(status))
     if run_ids:
         qs = qs.filter(pk__in=list(run_ids))
-    for key, value in (labels or {}).items():
-        qs = qs.filter(**{f"labels__{key}": value})
+    for i, (key, value) in enumerate((labels or {}).items()):
+        # KeyTransform takes the key literally: "a__b" must not become a nested lookup.
+        qs = qs.alias(**{f"_label_{i}": KeyTransform(key, "labels")}).filter(
+            **{f"_label_{i}": value}
+        )
     if owner_id is not None:
         qs = qs.filter(owner_id=owner_id)
     return qs

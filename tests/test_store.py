@@ -245,3 +245,19 @@ def test_heartbeat_keeps_a_worker_alive():
     assert store.worker_alive("w", 30)
     store.stop_worker("w")
     assert not store.worker_alive("w", 30)
+
+
+# ---------------------------------------------------------------- listing
+
+
+def test_runs_filters_by_task_status_ids_and_labels():
+    a = new("noop", labels={"tenant": "acme", "a__b": "x"})
+    b = new("add", labels={"tenant": "other"})
+    store.claim_run(b.pk, "w1")
+    assert list(store.runs(task=["noop"])) == [a]
+    assert list(store.runs(status=[Status.RUNNING])) == [Run.objects.get(pk=b.pk)]
+    assert list(store.runs(run_ids=[b.pk, a.pk])) == [Run.objects.get(pk=b.pk), a]  # newest first
+    assert list(store.runs(labels={"tenant": "acme"})) == [a]
+    assert list(store.runs(labels={"tenant": "acme", "a__b": "x"})) == [a]  # keys are literal
+    assert list(store.runs(labels={"a": "x"})) == []
+    assert list(store.runs(labels={"tenant": "nobody"})) == []
