@@ -287,6 +287,7 @@ def fanout_phase(env: dict[str, str], logdir: Path, cookie: str, clients: int, r
     finally:
         stop(daphne)
     return {"name": f"fan-out {clients} clients, {rate:g} ev/s, redis", "n": len(latencies),
+            "clients": clients,
             "lost": lost, "p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99),
             "max": latencies[-1] if latencies else 0.0, "events": len(created),
             "rss_per_conn_kb": (rss_after - rss_before) / max(1, clients - 1),
@@ -323,7 +324,8 @@ def setup(tmp: Path) -> tuple[dict[str, str], str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clients", type=int, default=1000)
+    parser.add_argument("--clients", default="1000",
+                        help="comma-separated client counts, one fan-out run each")
     parser.add_argument("--rate", type=float, default=50.0)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--latency-runs", type=int, default=6)
@@ -336,7 +338,8 @@ def main() -> None:
     rows = [latency_phase(redis, tmp, cookie, args.latency_runs, "worker->client, redis"),
             latency_phase(env, tmp, cookie, args.latency_runs, "worker->client, in-memory (poll)")]
     if not args.skip_fanout:
-        rows.append(fanout_phase(redis, tmp, cookie, args.clients, args.rate, args.seconds))
+        for clients in (int(n) for n in args.clients.split(",")):
+            rows.append(fanout_phase(redis, tmp, cookie, clients, args.rate, args.seconds))
 
     print(f"\nlogs: {tmp}\n")
     print(f"| {'scenario':<42} | {'deliveries':>10} | {'lost':>4} | {'p50 ms':>7} | "
@@ -347,14 +350,14 @@ def main() -> None:
               f"{row['p50'] * 1000:>7.1f} | {row['p99'] * 1000:>7.1f} | {row['max'] * 1000:>7.1f} |")
     for row in rows:
         if "rss_per_conn_kb" in row:
-            print(f"\ndaphne RSS: {row['rss_before_mb']:.1f} MB with 1 client, "
-                  f"{row['rss_after_mb']:.1f} MB with {args.clients} "
+            print(f"\n{row['name']}: daphne RSS {row['rss_before_mb']:.1f} MB with 1 client, "
+                  f"{row['rss_after_mb']:.1f} MB with {row['clients']} "
                   f"({row['rss_per_conn_kb']:.1f} KB per connection); "
                   f"{row['events']} events in {row['elapsed']:.1f} s; CPU: daphne "
                   f"{row['cpu_daphne']:.0%} of a core "
                   f"({row['cpu_daphne'] * row['elapsed'] / max(1, row['n']) * 1e6:.1f} µs per "
                   f"delivery), the clients {row['cpu_clients']:.0%}")
-    print(f"load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    print(f"\nload average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
 
 
 if __name__ == "__main__":

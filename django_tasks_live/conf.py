@@ -54,6 +54,9 @@ DEFAULTS: dict[str, Any] = {
     # PostgreSQL: how long a hole in event ids may stay open (a transaction that took
     # an id and has not committed yet) before the stream treats it as rolled back.
     "SSE_GAP_SETTLE": 1.0,
+    # Each daphne process reads new events (and writes them to its clients) at most once
+    # per this many seconds while events keep coming: fewer, larger writes per client.
+    "SSE_BATCH_WINDOW": 0.05,
     # Browser client reconnect policy (rendered into the page by the template tags).
     "CLIENT_RECONNECT_INITIAL_MS": 500,
     "CLIENT_RECONNECT_MAX_MS": 15000,

@@ -186,10 +186,16 @@ class Hub:
     # -- reading
 
     async def _poll_loop(self) -> None:
+        last_read = 0.0
         while True:
             try:
                 if not self.ready.is_set():
                     await self._start_cursor()
+                # Under a sustained stream of events, read (and so write to every client)
+                # at most once per SSE_BATCH_WINDOW: one write per client then carries
+                # several events. An event after a quiet spell goes out at once.
+                await asyncio.sleep(last_read + conf.get("SSE_BATCH_WINDOW") - time.monotonic())
+                last_read = time.monotonic()
                 self._wake.clear()
                 for batch in await self._read(self._read_new, self.cursor):
                     self.cursor = batch.upto
