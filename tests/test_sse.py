@@ -470,3 +470,39 @@ def test_postgres_out_of_order_commits_are_delivered_in_id_order(staff):
     assert [(e.run["id"], e.data["kind"]) for e in client.runs()] == [
         (slow_id, "created"), (fast_id, "created")]
     assert client.runs()[0].id < client.runs()[1].id
+
+
+def test_system_check_explains_the_in_memory_layer_trade_off():
+    from django_tasks_live.checks import check_stream_layer
+
+    [info] = check_stream_layer()
+    assert info.id == "tasks_live.I010" and "polling RunEvent every 0.5 s" in info.msg
+    redis = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
+                         "CONFIG": {"hosts": ["redis://127.0.0.1:6379/0"]}}}
+    from channels.layers import channel_layers
+
+    with override_settings(CHANNEL_LAYERS=redis):
+        channel_layers.backends.clear()
+        try:
+            assert check_stream_layer() == []
+        finally:
+            channel_layers.backends.clear()
+
+
+@pytestmark_db
+def test_a_disconnect_frees_the_stream_and_the_last_one_stops_the_hub(staff):
+    async def scenario():
+        clients = [Client(user=staff) for _ in range(2)]
+        for client in clients:
+            await client.start()
+            await client.read_until(has("snapshot"))
+        [hub] = fanout._hubs.values()
+        assert len(hub.mailboxes) == 2
+        await clients[0].close()
+        assert len(hub.mailboxes) == 1
+        await clients[1].close()
+        return hub
+
+    hub = asyncio.run(scenario())
+    assert fanout._hubs == {} and not hub.mailboxes
+    assert all(task.done() for task in hub._tasks)
