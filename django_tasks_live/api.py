@@ -77,6 +77,13 @@ def _get(run_id: int) -> Run:
         raise Run.DoesNotExist(f"Run {run_id} does not exist.") from None
 
 
+def _seconds(value: Any, zero_ok: bool) -> bool:
+    """True if ``value`` is a finite number of seconds (> 0, or >= 0 with ``zero_ok``)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return False
+    return value >= 0 if zero_ok else value > 0
+
+
 @dataclass(frozen=True)
 class StartOptions:
     """How a run is started; ``tasks_live.using(queue="high").start("name", ...)``."""
@@ -103,11 +110,11 @@ class StartOptions:
                 raise TypeError(f"run_after must be a datetime, got {self.run_after!r}.")
             if settings.USE_TZ and timezone.is_naive(self.run_after):
                 raise ValueError("run_after must be an aware datetime.")
-        if self.delay is not None and (not isinstance(self.delay, int | float) or self.delay < 0):
+        if self.delay is not None and not _seconds(self.delay, zero_ok=True):
             raise ValueError(f"delay must be a non-negative number of seconds, got {self.delay!r}.")
-        if self.timeout is not None and (
-            not isinstance(self.timeout, int | float) or self.timeout <= 0
-        ):
+        if self.delay is not None and self.run_after is not None:
+            raise ValueError("Give run_after or delay, not both.")
+        if self.timeout is not None and not _seconds(self.timeout, zero_ok=False):
             raise ValueError(f"timeout must be a positive number of seconds, got {self.timeout!r}.")
         if not isinstance(self.labels, Mapping):
             raise TypeError(f"labels must be a mapping of str to str, got {self.labels!r}.")
