@@ -152,8 +152,17 @@ def task(
         raise TypeError(f"Task name must be a non-empty string, got {name!r}.")
     if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}.")
-    if not isinstance(retries, int) or retries < 0:
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
         raise ValueError(f"retries must be a non-negative integer, got {retries!r}.")
+    if backoff_base is not None and (
+        not isinstance(backoff_base, int | float) or isinstance(backoff_base, bool)
+        or not 0 <= backoff_base < float("inf")
+    ):
+        raise ValueError(f"backoff_base must be a non-negative number of seconds, got {backoff_base!r}.")
+    if not isinstance(queue, str) or not queue or len(queue) > 100:
+        raise ValueError(f"queue must be a non-empty string of at most 100 characters, got {queue!r}.")
+    if not isinstance(priority, int) or isinstance(priority, bool) or not -100 <= priority <= 100:
+        raise ValueError(f"priority must be an integer from -100 to 100, got {priority!r}.")
     if backoff not in BACKOFFS:
         raise ValueError(f"backoff must be one of {', '.join(BACKOFFS)}, got {backoff!r}.")
     if isinstance(retry_on, type):
