@@ -331,17 +331,35 @@ def _finish_outcomes(
     by_id = {o.run_id: o for o in outcomes}
     runs = Run.objects.using(using).select_for_update().filter(pk__in=list(by_id)).order_by("id")
     changed: list[Run] = []
+    by_fields: dict[tuple[str, ...], list[Run]] = {}
     for run in runs:
         outcome = by_id[run.pk]
         target = outcome_status(run.status, outcome.target)
         if run.worker_id != worker_id or run.status not in ALLOWED_FROM[target]:
             continue
         names = _assign(run, target, outcome.fields, now)
-        # One plain UPDATE per run: cheaper than bulk_update's CASE per field and row.
-        Run.objects.using(using).filter(pk=run.pk).update(**{n: getattr(run, n) for n in names})
+        by_fields.setdefault(tuple(sorted(names)), []).append(run)
         changed.append(run)
+    for names, group in by_fields.items():
+        _update_rows(group, names, using)
     _save_events([_event(run, "status") for run in changed], using)
     return changed
+
+
+def _update_rows(rows: Sequence[Run], names: Sequence[str], using: str) -> None:
+    """``UPDATE`` the same columns of many rows with one executemany (psycopg pipelines
+    it into one round trip); Django's bulk_update builds a CASE per field and row."""
+    conn = connections[using]
+    quote = conn.ops.quote_name
+    fields = [Run._meta.get_field(name) for name in names]
+    sets = ", ".join(f"{quote(field.column)} = %s" for field in fields)
+    sql = f"UPDATE {quote(Run._meta.db_table)} SET {sets} WHERE {quote('id')} = %s"
+    params = [
+        [field.get_db_prep_save(getattr(run, field.attname), conn) for field in fields] + [run.pk]
+        for run in rows
+    ]
+    with conn.cursor() as cursor:
+        cursor.executemany(sql, params)
 
 
 def claim_run(run_id: int, worker_id: str) -> Run | None:

@@ -39,11 +39,10 @@ class Slot:
     the queue is the run executing now, so time limits apply to the head only.
     """
 
-    def __init__(self, index: int, worker_id: str, depth: int, grace: float, stop_flag: Any) -> None:
+    def __init__(self, index: int, worker_id: str, grace: float, stop_flag: Any) -> None:
         self.index = index
         self.stop_flag = stop_flag
         self.worker_id = worker_id
-        self.depth = depth
         self.grace = grace
         self.queue: deque[Assignment] = deque()
         self.ready = False
@@ -66,9 +65,8 @@ class Slot:
     def current(self) -> Assignment | None:
         return self.queue[0] if self.queue else None
 
-    @property
-    def has_room(self) -> bool:
-        return self.ready and len(self.queue) < self.depth and self.process.is_alive()
+    def has_room(self, depth: int) -> bool:
+        return self.ready and len(self.queue) < depth and self.process.is_alive()
 
     def assign(self, run: Run, timeout: float | None) -> None:
         assignment = Assignment(run, timeout)
@@ -77,12 +75,15 @@ class Slot:
         self.queue.append(assignment)
         self.conn.send(run)
 
-    def finished(self, run_id: int) -> None:
-        """The executor is done with ``run_id`` (the head); the next run begins."""
-        if self.queue and self.queue[0].run.pk == run_id:
-            self.queue.popleft()
-            if self.queue:
-                self.queue[0].begin(self.grace)
+    def finished(self, run_id: int) -> float | None:
+        """The executor is done with ``run_id`` (the head); the next run begins.
+        Returns how long the run took."""
+        if not self.queue or self.queue[0].run.pk != run_id:
+            return None
+        done = self.queue.popleft()
+        if self.queue:
+            self.queue[0].begin(self.grace)
+        return time.monotonic() - done.started if done.started is not None else None
 
     def take_back(self) -> tuple[Assignment | None, list[Run]]:
         """Empty the queue: (the run executing now, the runs that never started)."""

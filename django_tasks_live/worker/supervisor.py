@@ -32,6 +32,10 @@ from .wakeup import Listener
 logger = logging.getLogger(__name__)
 
 
+# How much work an executor's queue should hold: enough to outlast a commit or two.
+PIPELINE_SECONDS = 0.02
+
+
 class WorkerIdInUse(RuntimeError):
     pass
 
@@ -69,15 +73,15 @@ class Supervisor:
         self._next_heartbeat = 0.0
         self._next_tick = 0.0
         self._db_backoff = 0.0
+        self.avg_run_seconds = PIPELINE_SECONDS  # moving average of how long runs take
 
     # -- lifecycle --------------------------------------------------------------
 
     def run(self) -> int:
         self._install_signals()
         self._register()
-        depth, grace = 1 + conf.get("PREFETCH"), conf.get("KILL_GRACE")
-        self.slots = [Slot(i, self.id, depth, grace, self.stop_flag)
-                      for i in range(self.concurrency)]
+        grace = conf.get("KILL_GRACE")
+        self.slots = [Slot(i, self.id, grace, self.stop_flag) for i in range(self.concurrency)]
         try:
             self._wait_ready()
             self.listener.open()
@@ -196,11 +200,17 @@ class Supervisor:
             if schedules.tick():
                 self._wake = True
 
+    def _depth(self) -> int:
+        """Runs per executor: the one executing plus enough queued ones to cover about
+        PIPELINE_SECONDS of work (short runs get batched, long ones are not hoarded)."""
+        wanted = int(PIPELINE_SECONDS / max(self.avg_run_seconds, 1e-4))
+        return 1 + max(0, min(wanted, conf.get("PREFETCH")))
+
     def _capacity(self) -> int:
         """How many more runs to claim: fill idle executors plus a prefetch buffer, so
         claims (and the outcomes written with them) go in batches, not one per run."""
         assigned = sum(len(slot.queue) for slot in self.slots)
-        want = self.concurrency * (1 + conf.get("PREFETCH")) - assigned - len(self.buffer)
+        want = self.concurrency * self._depth() - assigned - len(self.buffer)
         if self.max_tasks is not None:
             want = min(want, self.max_tasks - self.claimed)
         return max(0, min(want, conf.get("CLAIM_BATCH")))
@@ -225,7 +235,7 @@ class Supervisor:
         if self.draining or self._limit_reached():
             return 0
         now = time.monotonic()
-        if self._capacity() < max(1, self.concurrency * conf.get("PREFETCH") // 2):
+        if self._capacity() < max(1, self.concurrency * self._depth() // 2):
             return 0  # wait until a batch's worth is free: fewer, bigger claims
         if not (self._wake or now >= self._next_poll):
             return 0
@@ -239,7 +249,8 @@ class Supervisor:
     def _dispatch(self) -> None:
         """Hand buffered runs to executors, shortest queue first."""
         while self.buffer:
-            open_slots = [slot for slot in self.slots if slot.has_room]
+            depth = self._depth()
+            open_slots = [slot for slot in self.slots if slot.has_room(depth)]
             if not open_slots:
                 return
             slot = min(open_slots, key=lambda s: len(s.queue))
@@ -324,7 +335,9 @@ class Supervisor:
             if kind == "error":
                 logger.error("Executor failed on run %s: %s", message[1], message[2])
                 store.release(message[1], "ExecutorError", message[2])
-            slot.finished(message[1])
+            took = slot.finished(message[1])
+            if took is not None:
+                self.avg_run_seconds += 0.2 * (took - self.avg_run_seconds)
             self.processed += 1
             self._wake = True
 
