@@ -24,12 +24,36 @@ ASGIApp = Any
 
 def stream_app() -> ASGIApp:
     """The stream consumer behind session authentication (``scope["user"]``)."""
-    # Imported here: these need the app registry, which get_asgi_application() fills.
-    from channels.auth import AuthMiddlewareStack
-
+    # Imported here: it needs the app registry, which get_asgi_application() fills.
     from .sse import EventStreamConsumer
 
-    return AuthMiddlewareStack(EventStreamConsumer.as_asgi())
+    return SessionUser(EventStreamConsumer.as_asgi())
+
+
+class SessionUser:
+    """Puts the Django session's user in ``scope["user"]``, read-only.
+
+    Channels' ``AuthMiddlewareStack`` does the same but also wraps ``send`` to save the
+    session, a cost paid on every event written to every stream; the stream never
+    changes the session, so it reads it once and passes ``send`` through untouched.
+    """
+
+    def __init__(self, inner: ASGIApp) -> None:
+        self.inner = inner
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        from importlib import import_module
+
+        from channels.auth import get_user
+        from django.conf import settings
+        from django.http.cookie import parse_cookie
+
+        cookie = dict(scope.get("headers", [])).get(b"cookie", b"").decode("latin-1")
+        key = parse_cookie(cookie).get(settings.SESSION_COOKIE_NAME)
+        session = import_module(settings.SESSION_ENGINE).SessionStore(key)
+        scope = {**scope, "session": session}
+        scope["user"] = await get_user(scope)
+        return await self.inner(scope, receive, send)
 
 
 def stream_route(route: str | None = None) -> URLPattern:

@@ -56,7 +56,8 @@ DEFAULTS: dict[str, Any] = {
     # an id and has not committed yet) before the stream treats it as rolled back.
     "SSE_GAP_SETTLE": 1.0,
     # Each daphne process reads new events (and writes them to its clients) at most once
-    # per this many seconds while events keep coming: fewer, larger writes per client.
+    # per window while events keep coming: 50 µs per open stream, at most this many
+    # seconds. Fewer, larger writes per client when many clients watch.
     "SSE_BATCH_WINDOW": 0.05,
     # Browser client reconnect policy (rendered into the page by the template tags).
     "CLIENT_RECONNECT_INITIAL_MS": 500,

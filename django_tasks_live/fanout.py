@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 READ_BATCH = 500
 GROUP_REFRESH = 300.0  # re-join the layer group well inside any group expiry
 OWNER_CACHE = 50_000
+WRITE_COST = 50e-6  # batching window per open stream, in seconds (see _poll_loop)
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,9 +193,12 @@ class Hub:
                 if not self.ready.is_set():
                     await self._start_cursor()
                 # Under a sustained stream of events, read (and so write to every client)
-                # at most once per SSE_BATCH_WINDOW: one write per client then carries
-                # several events. An event after a quiet spell goes out at once.
-                await asyncio.sleep(last_read + conf.get("SSE_BATCH_WINDOW") - time.monotonic())
+                # at most once per window: one write per client then carries several
+                # events. The window grows with the number of streams (a write costs
+                # daphne ~10-20 µs per stream) up to SSE_BATCH_WINDOW, so a few streams
+                # get every event at once; an event after a quiet spell always does.
+                window = min(conf.get("SSE_BATCH_WINDOW"), len(self.mailboxes) * WRITE_COST)
+                await asyncio.sleep(last_read + window - time.monotonic())
                 last_read = time.monotonic()
                 self._wake.clear()
                 for batch in await self._read(self._read_new, self.cursor):
