@@ -704,7 +704,11 @@ def prune(
     while ids := list(qs.order_by().values_list("id", flat=True)[:batch_size]):
         with transaction.atomic(using=using):
             counts["events"] += RunEvent.objects.using(using).filter(run_id__in=ids).delete()[0]
-            Run.objects.using(using).filter(rerun_of_id__in=ids).update(rerun_of=None)
+            # Select, then update by pk: SQLite's UPDATE ... WHERE rerun_of_id IN (...)
+            # scans the whole table instead of using the rerun_of index.
+            reruns = list(Run.objects.using(using).filter(rerun_of_id__in=ids).values_list("id", flat=True))
+            if reruns:
+                Run.objects.using(using).filter(pk__in=reruns).update(rerun_of=None)
             counts["runs"] += _delete_rows(Run, ids, using)
     return counts
 
