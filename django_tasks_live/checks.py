@@ -49,6 +49,32 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
             checks.Error(f"Unknown TASKS_LIVE setting {key!r}.", id="tasks_live.E002",
                          hint=f"Known settings: {', '.join(sorted(DEFAULTS))}.")
         )
+    return errors + _check_schedule_and_retention({**DEFAULTS, **user})
+
+
+def _check_schedule_and_retention(values: dict[str, Any]) -> list[checks.CheckMessage]:
+    """Refuse at start-up what schedules.tick() and tasks_prune would refuse later."""
+    import math
+
+    def number(value: Any, whole: bool = False) -> bool:
+        kinds = int if whole else int | float
+        return (isinstance(value, kinds) and not isinstance(value, bool)
+                and math.isfinite(value) and value >= 0)
+
+    errors: list[checks.CheckMessage] = []
+    if values["SCHEDULE_MISSED"] not in ("latest", "skip"):
+        errors.append(checks.Error(
+            f"TASKS_LIVE['SCHEDULE_MISSED'] must be 'latest' or 'skip', got "
+            f"{values['SCHEDULE_MISSED']!r}.", id="tasks_live.E003"))
+    if not number(values["SCHEDULE_MISFIRE_GRACE"]):
+        errors.append(checks.Error(
+            f"TASKS_LIVE['SCHEDULE_MISFIRE_GRACE'] must be a number of seconds >= 0, got "
+            f"{values['SCHEDULE_MISFIRE_GRACE']!r}.", id="tasks_live.E004"))
+    for name, whole in (("RETENTION_KEEP_LAST", True), ("RETENTION_DAYS", False)):
+        if values[name] is not None and not number(values[name], whole):
+            errors.append(checks.Error(
+                f"TASKS_LIVE[{name!r}] must be None or a {'whole ' if whole else ''}number >= 0, "
+                f"got {values[name]!r}.", id="tasks_live.E005"))
     return errors
 
 

@@ -252,3 +252,21 @@ def test_changed_code_cron_resets_the_next_fire_time_but_keeps_enabled():
     store.sync_code_schedules(registry)
     code = Schedule.objects.get(name="code:every-minute")
     assert (code.cron, code.next_run_at, code.enabled) == ("* * * * *", None, False)
+
+
+# ---------------------------------------------------------------- settings checks
+
+
+@pytest.mark.parametrize("overrides,check_id", [
+    ({"SCHEDULE_MISSED": "all"}, "tasks_live.E003"),
+    ({"SCHEDULE_MISFIRE_GRACE": -1}, "tasks_live.E004"),
+    ({"RETENTION_KEEP_LAST": 2.5}, "tasks_live.E005"),
+    ({"RETENTION_DAYS": "30"}, "tasks_live.E005"),
+])
+def test_bad_schedule_and_retention_settings_fail_the_system_checks(overrides, check_id):
+    from django_tasks_live.checks import check_settings
+
+    with live(**overrides):
+        assert [e.id for e in check_settings()] == [check_id]
+    with live(SCHEDULE_MISSED="skip", RETENTION_KEEP_LAST=10, RETENTION_DAYS=0.5):
+        assert check_settings() == []
