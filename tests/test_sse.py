@@ -308,6 +308,7 @@ def test_owner_sees_own_runs_stranger_sees_none_anonymous_is_refused(staff):
         start = await client.start()
         if start["status"] != 200:
             await client.read_until(lambda ev: client.closed)
+            await client.close()
             return start["status"], client
         await client.read_until(has("snapshot"))
         await execute_in_thread(mine.pk)
@@ -331,7 +332,7 @@ def test_bad_requests_get_400_or_405_with_a_plain_text_reason(staff):
         client = Client(user=staff, **kwargs)
         start = await client.start()
         await client.read_until(lambda ev: client.closed)
-        await client.comm.wait(5)
+        await client.close()  # daphne sends http.disconnect once a response is complete
         return start["status"], client.body.decode()
 
     assert asyncio.run(ask(query="status=nope")) == (
@@ -506,3 +507,35 @@ def test_a_disconnect_frees_the_stream_and_the_last_one_stops_the_hub(staff):
     hub = asyncio.run(scenario())
     assert fanout._hubs == {} and not hub.mailboxes
     assert all(task.done() for task in hub._tasks)
+
+
+def test_asgi_helpers_route_the_stream_path_and_leave_the_rest_to_django():
+    from channels.routing import URLRouter
+    from django.urls import re_path
+
+    from django_tasks_live.asgi import stream_route, tasks_live_application
+
+    async def django_app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 299, "headers": []})
+        await send({"type": "http.response.body", "body": scope["path"].encode()})
+
+    async def get(app, path):
+        scope = {"type": "http", "method": "GET", "path": path, "query_string": b"",
+                 "headers": []}
+        comm = ApplicationCommunicator(app, scope)
+        await comm.send_input({"type": "http.request", "body": b""})
+        start = await comm.receive_output(5)
+        await comm.receive_output(5)
+        await comm.send_input({"type": "http.disconnect"})  # as daphne does after a response
+        await comm.wait(5)
+        return start["status"]
+
+    async def scenario():
+        app = tasks_live_application(django_app)
+        router = URLRouter([stream_route(), re_path(r"", django_app)])
+        return [await get(app, "/tasks/events/"), await get(app, "/tasks/events"),
+                await get(app, "/tasks/"), await get(router, "/tasks/events/"),
+                await get(router, "/admin/")]
+
+    # Anonymous: the stream answers 403; everything else is Django's.
+    assert asyncio.run(scenario()) == [403, 403, 299, 403, 299]
