@@ -261,3 +261,32 @@ def test_runs_filters_by_task_status_ids_and_labels():
     assert list(store.runs(labels={"tenant": "acme", "a__b": "x"})) == [a]  # keys are literal
     assert list(store.runs(labels={"a": "x"})) == []
     assert list(store.runs(labels={"tenant": "nobody"})) == []
+
+
+# ---------------------------------------------------------------- the worker's batched path
+
+
+def test_settle_writes_outcomes_and_claims_in_one_go():
+    done, waiting = running("w1"), new()
+    finished, claimed = store.settle(
+        [store.Outcome(done.pk, Status.COMPLETED, {"result": 1})], "w1", None, limit=5)
+    assert [(r.pk, r.status, r.result) for r in finished] == [(done.pk, Status.COMPLETED, 1)]
+    assert [r.pk for r in claimed] == [waiting.pk]
+    assert kinds(done)[-1] == ("status", "completed")
+
+
+def test_settle_ignores_outcomes_of_runs_that_are_no_longer_this_workers():
+    run = running("w1")
+    store.recover_lost_runs(30, worker_id="w1")  # rescued meanwhile
+    finished, _ = store.settle([store.Outcome(run.pk, Status.COMPLETED, {})], "w1", None, limit=0)
+    assert finished == [] and Run.objects.get(pk=run.pk).status == Status.FAILED
+
+
+def test_a_retry_outcome_after_a_cancel_request_ends_canceled():
+    run = running("w1", max_attempts=3)
+    store.transition(run.pk, Status.CANCEL_REQUESTED)
+    later = timezone.now() + dt.timedelta(seconds=30)
+    finished, _ = store.settle(
+        [store.Outcome(run.pk, Status.RETRYING, {"run_after": later})], "w1", None, limit=0)
+    assert [r.status for r in finished] == [Status.CANCELED]
+    assert store.transition(running("w1", max_attempts=3).pk, Status.RETRYING).status == Status.RETRYING
