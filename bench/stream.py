@@ -110,28 +110,49 @@ class Recorder:
             self.times[index] = at
 
 
+class SSEClient(asyncio.Protocol):
+    """One SSE client as a bare protocol: the load generator must cost little CPU,
+    since it shares the machine with the daphne it measures."""
+
+    def __init__(self, request: bytes, rec: Recorder, connected: asyncio.Queue[int]) -> None:
+        self.request = request
+        self.rec = rec
+        self.connected = connected
+        self.head = b""
+        self.tail = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.write(self.request)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time()
+        if not self.rec.status:
+            self.head += data
+            if b"\r\n\r\n" not in self.head:
+                return
+            head, _, data = self.head.partition(b"\r\n\r\n")
+            self.rec.status = int(head.split(b" ", 2)[1])
+            self.connected.put_nowait(self.rec.status)
+        data = self.tail + data
+        cut = data.rfind(b"\n") + 1
+        self.tail = data[cut:]
+        for match in ID_LINE.finditer(data, 0, cut):
+            self.rec.got(int(match.group(1)), now)
+
+
 async def sse_client(port: int, cookie: str, rec: Recorder, stop_event: asyncio.Event,
                      connected: asyncio.Queue[int]) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET /tasks/events/ HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: sessionid={cookie}"
-                 f"\r\nAccept: text/event-stream\r\n\r\n".encode())
-    head = await reader.readuntil(b"\r\n\r\n")
-    rec.status = int(head.split(b" ", 2)[1])
-    await connected.put(rec.status)
-    tail = b""
+    request = (f"GET /tasks/events/ HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: sessionid={cookie}"
+               f"\r\nAccept: text/event-stream\r\n\r\n").encode()
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_connection(
+        lambda: SSEClient(request, rec, connected), "127.0.0.1", port)
     try:
-        while not stop_event.is_set():
-            chunk = await reader.read(65536)
-            if not chunk:
-                break
-            now = time.time()
-            data = tail + chunk
-            cut = data.rfind(b"\n") + 1
-            tail = data[cut:]
-            for match in ID_LINE.finditer(data, 0, cut):
-                rec.got(int(match.group(1)), now)
+        await stop_event.wait()
     finally:
-        writer.close()
+        transport.close()
 
 
 async def open_clients(port: int, cookie: str, count: int, base: int, size: int,

@@ -20,9 +20,13 @@ GROUP = "tasks_live"
 MESSAGE_TYPE = "tasks_live.event"
 
 
-def message(event_id: int | None, kind: str, state: dict[str, Any]) -> dict[str, Any]:
-    """The channel-layer message for one event (``id`` None for push-only progress)."""
-    return {"type": MESSAGE_TYPE, "id": event_id, "kind": kind, "run": state}
+def message(event_id: int | None, kind: str, state: dict[str, Any],
+            owner_id: int | None = None) -> dict[str, Any]:
+    """The channel-layer message for one event (``id`` None for push-only progress).
+
+    ``owner`` (the run's owner id) lets the stream apply its authorization to the
+    message without a database read."""
+    return {"type": MESSAGE_TYPE, "id": event_id, "kind": kind, "run": state, "owner": owner_id}
 
 
 def publish(messages: Iterable[dict[str, Any]], using: str = "default") -> None:

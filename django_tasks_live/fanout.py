@@ -77,6 +77,12 @@ def item_from_event(ev: RunEvent) -> Item:
                 encode("run", {"kind": ev.kind, "run": ev.data}, ev.pk))
 
 
+def item_from_message(msg: dict[str, Any]) -> Item:
+    state = msg["run"]
+    return Item(msg["id"], state["id"], msg["owner"], msg["kind"], state,
+                encode("run", {"kind": msg["kind"], "run": state}, msg["id"]))
+
+
 def item_from_push(state: dict[str, Any], owner_id: int | None) -> Item:
     return Item(None, state["id"], owner_id, "progress", state,
                 encode("progress", {"run": state}))
@@ -139,6 +145,7 @@ class Hub:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._held: list[dict[str, Any]] = []  # push-only messages waiting for a read
+        self._pending: dict[int, dict[str, Any]] = {}  # layer messages about new events
         self._owners: OrderedDict[int, tuple[int | None, bool]] = OrderedDict()
         self._hole: tuple[int, float] | None = None  # (first missing id, first seen)
         self._settle = 0.0
@@ -171,10 +178,15 @@ class Hub:
     # -- input
 
     def on_message(self, msg: dict[str, Any]) -> None:
-        """A channel-layer message: a wake-up, or push-only progress to forward."""
-        if msg.get("id") is None and isinstance(msg.get("run"), dict) and "id" in msg["run"]:
+        """A channel-layer message: a new event, or push-only progress to forward."""
+        event_id = msg.get("id")
+        if not isinstance(msg.get("run"), dict) or "id" not in msg["run"]:
+            pass  # not ours to forward: a plain wake-up
+        elif event_id is None:
             if len(self._held) < 10_000:
                 self._held.append(msg)
+        elif isinstance(event_id, int) and event_id > self.cursor and len(self._pending) < 10_000:
+            self._pending[event_id] = msg
         self._wake.set()
 
     def _on_local_message(self, msg: dict[str, Any]) -> None:
@@ -187,23 +199,26 @@ class Hub:
     # -- reading
 
     async def _poll_loop(self) -> None:
-        last_read = 0.0
+        last_round = 0.0
+        read_due = True  # the first round, and every poll timeout, reads the database
         while True:
             try:
                 if not self.ready.is_set():
                     await self._start_cursor()
-                # Under a sustained stream of events, read (and so write to every client)
-                # at most once per window: one write per client then carries several
-                # events. The window grows with the number of streams (a write costs
-                # daphne ~10-20 µs per stream) up to SSE_BATCH_WINDOW, so a few streams
-                # get every event at once; an event after a quiet spell always does.
+                # Under a sustained stream of events, deliver (and so write to every
+                # client) at most once per window: one write per client then carries
+                # several events. The window grows with the number of streams (a write
+                # costs daphne ~10-40 µs per stream) up to SSE_BATCH_WINDOW, so a few
+                # streams get every event at once; an event after a quiet spell always does.
                 window = min(conf.get("SSE_BATCH_WINDOW"), len(self.mailboxes) * WRITE_COST)
-                await asyncio.sleep(last_read + window - time.monotonic())
-                last_read = time.monotonic()
+                await asyncio.sleep(last_round + window - time.monotonic())
+                last_round = time.monotonic()
                 self._wake.clear()
-                for batch in await self._read(self._read_new, self.cursor):
-                    self.cursor = batch.upto
-                    self._fan_out(batch)
+                gap = self._deliver_pending()
+                if gap or read_due or self._hole is not None:
+                    for batch in await self._read(self._read_new, self.cursor):
+                        self.cursor = batch.upto
+                        self._fan_out(batch)
                 await self._release_pushes()
                 self.ready.set()
             except asyncio.CancelledError:
@@ -211,14 +226,35 @@ class Hub:
             except Exception:  # the database is the source; keep trying, streams wait
                 logger.exception("tasks_live: reading run events failed")
                 await asyncio.sleep(conf.get("SSE_POLL_INTERVAL"))
+                read_due = True
                 continue
             timeout = conf.get("SSE_POLL_INTERVAL")
             if self._hole is not None:
                 timeout = min(timeout, 0.02)  # out-of-order commits settle in milliseconds
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
+                read_due = False
             except TimeoutError:
-                pass
+                read_due = True
+
+    def _deliver_pending(self) -> bool:
+        """Fan out the layer's messages that continue the cursor without a gap.
+
+        A message is sent after its transaction committed, so when its id is the next
+        one, nothing can be missing before it: no database read is needed. Returns True
+        when messages remain beyond a gap (the database must be read: it has the truth).
+        """
+        pending, self._pending = self._pending, {}
+        items = []
+        following = self.cursor + 1
+        while following in pending and "owner" in pending[following]:
+            items.append(item_from_message(pending.pop(following)))
+            following += 1
+        if items:
+            batch = Batch(self.cursor, following - 1, items)
+            self.cursor = batch.upto
+            self._fan_out(batch)
+        return any(event_id > self.cursor for event_id in pending)
 
     async def _start_cursor(self) -> None:
         def start() -> tuple[float, int]:

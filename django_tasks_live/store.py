@@ -72,7 +72,9 @@ def _event(run: Run, kind: str) -> RunEvent:
 
 def _save_events(evs: list[RunEvent], using: str) -> None:
     RunEvent.objects.using(using).bulk_create(evs)
-    events.publish((events.message(ev.pk, ev.kind, ev.data) for ev in evs), using=using)
+    events.publish(
+        (events.message(ev.pk, ev.kind, ev.data, ev.run.owner_id) for ev in evs), using=using
+    )
 
 
 # ---------------------------------------------------------------- creating runs
