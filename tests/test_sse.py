@@ -132,6 +132,29 @@ def test_hub_holds_at_an_id_hole_until_it_fills_or_settles():
     asyncio.run(scenario())
 
 
+def test_hub_delivers_layer_messages_that_continue_its_cursor_and_reads_after_a_gap():
+    def msg(event_id: int) -> dict[str, Any]:
+        return events.message(event_id, "status", {"id": 1, "task": "t", "status": "running"})
+
+    async def scenario():
+        hub = Hub()
+        hub.cursor = 10
+        box = Mailbox(100)
+        hub.mailboxes.add(box)
+        for event_id in (9, 11, 12, 14):
+            hub.on_message(msg(event_id))
+        assert hub._deliver_pending() is True  # 13 is missing: the database decides
+        assert hub.cursor == 12
+        [batch], overflowed, _ = box.take()
+        assert not overflowed
+        assert (batch.after, batch.upto, [i.event_id for i in batch.items]) == (10, 12, [11, 12])
+        hub.on_message(msg(13))
+        assert hub._deliver_pending() is False and hub.cursor == 13
+        hub._reader.shutdown()
+
+    asyncio.run(scenario())
+
+
 # ---------------------------------------------------------------- the consumer over ASGI
 
 
