@@ -11,15 +11,22 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.core import checks
-from django.tasks import Task, task_backends
-from django.tasks.backends.base import BaseTaskBackend
-from django.tasks.base import TaskContext as DjangoTaskContext
-from django.tasks.base import TaskError, TaskResult, TaskResultStatus
-from django.tasks.exceptions import TaskResultDoesNotExist
-from django.tasks.signals import task_enqueued, task_finished, task_started
 from django.utils.module_loading import import_string
 
 from . import store
+from .compat import (
+    BaseTaskBackend,
+    Task,
+    TaskError,
+    TaskResult,
+    TaskResultDoesNotExist,
+    TaskResultStatus,
+    task_backends,
+    task_enqueued,
+    task_finished,
+    task_started,
+)
+from .compat import TaskContext as DjangoTaskContext
 from .context import db_call
 from .models import Run
 from .registry import TaskSpec, UnknownTask

@@ -8,6 +8,8 @@ import os
 import tempfile
 from pathlib import Path
 
+import django
+
 from django_tasks_live.sqlite import recommended_options
 
 BASE_DIR = Path(__file__).resolve().parent
@@ -32,6 +34,8 @@ INSTALLED_APPS = [
     "django_tasks_live",
     "tests.testapp",
 ]
+if django.VERSION < (6, 0):  # Django 5.2 LTS: the django-tasks backport provides the API
+    INSTALLED_APPS.insert(-2, "django_tasks")
 MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",

@@ -4,14 +4,21 @@ import asyncio
 import datetime as dt
 
 import pytest
-from django.tasks import TaskResultStatus, task_backends
-from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist, TaskResultMismatch
-from django.tasks.signals import task_enqueued, task_finished, task_started
 from django.utils import timezone
 
 import django_tasks_live as tasks_live
 from django_tasks_live import runner, store
 from django_tasks_live.backends import LiveTasksBackend, to_result
+from django_tasks_live.compat import (
+    InvalidTask,
+    TaskResultDoesNotExist,
+    TaskResultMismatch,
+    TaskResultStatus,
+    task_backends,
+    task_enqueued,
+    task_finished,
+    task_started,
+)
 from django_tasks_live.models import Run
 from tests.testapp.tasks import django_add, django_async, django_fail, django_with_context
 

@@ -52,7 +52,7 @@ def test_illegal_moves(current, target):
 
 
 def test_every_status_maps_onto_django_tasks():
-    from django.tasks.base import TaskResultStatus
+    from django_tasks_live.compat import TaskResultStatus
 
     assert set(DJANGO_STATUS) == set(Status)
     assert {TaskResultStatus[name] for name in DJANGO_STATUS.values()}

@@ -5,9 +5,8 @@ from __future__ import annotations
 import random
 import time
 
-from django.tasks import task as django_task
-
 from django_tasks_live import progress, task
+from django_tasks_live.compat import task as django_task
 
 
 @task(

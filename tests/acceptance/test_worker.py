@@ -123,8 +123,7 @@ def test_second_signal_stops_at_once_and_releases_the_run(tmp_path):
 
 
 def test_django_tasks_api_end_to_end(tmp_path):
-    from django.tasks import TaskResultStatus
-
+    from django_tasks_live.compat import TaskResultStatus
     from tests.testapp.tasks import django_add, django_fail, django_with_context
 
     ok = django_add.enqueue(2, 3)

@@ -5,9 +5,8 @@ import os
 import time
 from pathlib import Path
 
-from django.tasks import task as django_task
-
 from django_tasks_live import progress, task
+from django_tasks_live.compat import task as django_task
 
 
 def _record(name: str, value: str) -> None:
