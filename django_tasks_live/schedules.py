@@ -108,6 +108,8 @@ def tick(now: dt.datetime | None = None) -> list[Run]:
     (it is logged and skipped); database errors propagate so the worker can back off.
     """
     now = now or timezone.now()
+    if timezone.is_naive(now):
+        raise ValueError(f"tick(now=...) needs an aware datetime, got {now!r}.")
     _sync_code_schedules_once()
     policy = conf.get("SCHEDULE_MISSED")
     if policy not in MISSED_POLICIES:

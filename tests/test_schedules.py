@@ -106,6 +106,13 @@ def test_missed_skip_makes_no_run_but_still_fires_on_time(every_minute):
 
 
 @pytest.mark.django_db
+def test_tick_needs_an_aware_time(every_minute):
+    with pytest.raises(ValueError, match="needs an aware datetime"):
+        schedules.tick(dt.datetime(2026, 1, 5, 12, 0))
+    assert not Run.objects.exists()
+
+
+@pytest.mark.django_db
 def test_unknown_missed_policy_is_a_clear_error(every_minute):
     with live(SCHEDULE_MISSED="all"), pytest.raises(ValueError, match="SCHEDULE_MISSED"):
         schedules.tick(at(0))
