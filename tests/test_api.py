@@ -9,7 +9,7 @@ import pytest
 from django.utils import timezone
 
 import django_tasks_live as tasks_live
-from django_tasks_live import runner
+from django_tasks_live import runner, store
 from django_tasks_live.models import Run, RunEvent
 from django_tasks_live.registry import UnknownTask
 from django_tasks_live.states import IllegalTransition, Status
@@ -152,7 +152,7 @@ def test_cancel_of_a_pending_run_ends_it_at_once():
 
 def test_cancel_of_a_running_run_asks_it_to_stop():
     run = tasks_live.start("noop")
-    runner.store.claim_run(run.pk, "w1")
+    store.claim_run(run.pk, "w1")
     assert tasks_live.cancel(run).status == Status.CANCEL_REQUESTED
     assert tasks_live.cancel(run).status == Status.CANCEL_REQUESTED  # asking twice is harmless
 
