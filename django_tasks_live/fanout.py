@@ -18,6 +18,7 @@ mailbox contents and re-reads the missed events from the database instead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -200,7 +201,6 @@ class Hub:
 
     async def _poll_loop(self) -> None:
         last_round = 0.0
-        read_due = True  # the first round, and every poll timeout, reads the database
         while True:
             try:
                 if not self.ready.is_set():
@@ -214,35 +214,39 @@ class Hub:
                 await asyncio.sleep(last_round + window - time.monotonic())
                 last_round = time.monotonic()
                 self._wake.clear()
-                gap = self._deliver_pending()
-                if gap or read_due or self._hole is not None:
-                    for batch in await self._read(self._read_new, self.cursor):
-                        self.cursor = batch.upto
-                        self._fan_out(batch)
+                # What the layer brought goes out first; the read then adds whatever it
+                # did not bring (dropped, lagging behind, or written out of its reach).
+                before = self.cursor
+                self._deliver_pending()
+                for batch in await self._read(self._read_new, self.cursor):
+                    self.cursor = batch.upto
+                    self._fan_out(batch)
                 await self._release_pushes()
                 self.ready.set()
+                busy = self.cursor != before
             except asyncio.CancelledError:
                 raise
             except Exception:  # the database is the source; keep trying, streams wait
                 logger.exception("tasks_live: reading run events failed")
                 await asyncio.sleep(conf.get("SSE_POLL_INTERVAL"))
-                read_due = True
                 continue
             timeout = conf.get("SSE_POLL_INTERVAL")
             if self._hole is not None:
                 timeout = min(timeout, 0.02)  # out-of-order commits settle in milliseconds
-            try:
+            elif busy:
+                # Events are flowing: read again after the window without waiting for
+                # the layer, whose messages lag behind when this process is busy.
+                timeout = min(timeout, max(window, 0.02))
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
-                read_due = False
-            except TimeoutError:
-                read_due = True
 
     def _deliver_pending(self) -> bool:
         """Fan out the layer's messages that continue the cursor without a gap.
 
         A message is sent after its transaction committed, so when its id is the next
-        one, nothing can be missing before it: no database read is needed. Returns True
-        when messages remain beyond a gap (the database must be read: it has the truth).
+        one, nothing can be missing before it. Returns True when messages remain beyond
+        a gap. Layer messages can lag behind under load (one receive per loop turn), so
+        the database is read after this in every round all the same.
         """
         pending, self._pending = self._pending, {}
         items = []
