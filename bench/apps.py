@@ -10,11 +10,13 @@ class BenchConfig(AppConfig):
     def ready(self) -> None:
         # Every system gets the same SQLite tuning as django-tasks-live (WAL, NORMAL sync):
         # the comparison is between workers, not between journal modes.
+        from django.conf import settings
         from django.db.backends.signals import connection_created
 
         from django_tasks_live.sqlite import configure_connection
 
-        connection_created.connect(configure_connection, dispatch_uid="tasks_live_sqlite")
+        if not getattr(settings, "DEFAULT_SQLITE", False):
+            connection_created.connect(configure_connection, dispatch_uid="tasks_live_sqlite")
         if os.environ.get("BENCH_QUERY_LOG"):
             from .querylog import install
 

@@ -7,7 +7,8 @@ Enqueues ``--n`` no-ops into a throwaway database, runs ``tasks_worker --burst``
 them and reports, per run: statements by kind for the supervisor and the executors,
 CPU milliseconds (user+sys of the worker and its executors), and wall time. Counts of
 statements do not depend on how busy the machine is, unlike jobs/s. ``--py-spy`` also
-records raw stacks of all worker processes while they hold the GIL (``py-spy record --subprocesses --gil -f raw``).
+records raw stacks of all worker processes while they hold the GIL
+(``py-spy record --subprocesses --gil -f raw``).
 """
 
 from __future__ import annotations

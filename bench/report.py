@@ -77,12 +77,15 @@ def targets(results: list[dict], dbs: list[str]) -> str:
         return "MET   " if ok else "MISSED"
 
     levels = sorted({c for r in results for c in (r.get("phases") or {})}, key=int)
-    if "sqlite" in dbs and (OURS, "sqlite") in by and ("dtdb", "sqlite") in by:
+    for peer in ("dtdb", "dtdb_default"):
+        if "sqlite" not in dbs or (OURS, "sqlite") not in by or (peer, "sqlite") not in by:
+            continue
         for c in levels:
-            ours, peer = _thr(by[(OURS, "sqlite")], c), _thr(by[("dtdb", "sqlite")], c)
-            if ours and peer:
-                out.append(f"- {verdict(ours >= 5 * peer)} SQLite c{c}: ≥ 5x django-tasks-db: "
-                           f"{ours:,.0f} vs {peer:,.0f} jobs/s = {ours / peer:.1f}x")
+            ours, theirs = _thr(by[(OURS, "sqlite")], c), _thr(by[(peer, "sqlite")], c)
+            if ours and theirs:
+                out.append(f"- {verdict(ours >= 5 * theirs)} SQLite c{c}: >= 5x "
+                           f"{SYSTEMS[peer].label}: {ours:,.0f} vs {theirs:,.0f} jobs/s"
+                           f" = {ours / theirs:.1f}x")
     if "postgres" in dbs and (OURS, "postgres") in by:
         ours_r = by[(OURS, "postgres")]
         redis_peers = [r for r in results if r["system"] in ("celery", "huey")

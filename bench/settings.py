@@ -1,6 +1,7 @@
 """Settings of one benchmarked system, chosen by environment variables the driver sets.
 
-``BENCH_SYSTEM``: live | dtdb | q2orm | q2redis | celery | huey
+``BENCH_SYSTEM``: live | dtdb | dtdb_default | q2orm | q2redis | celery | huey
+(``dtdb_default``: django-tasks-db with Django's default SQLite settings, no tuning)
 ``BENCH_DB``: sqlite | postgres, ``BENCH_DB_NAME``: file path or database name
 ``BENCH_REDIS_DB``: this system's Redis database number
 ``BENCH_CONCURRENCY``: django-q2's cluster size (read once at import, like Q_CLUSTER)
@@ -12,6 +13,7 @@ import os
 from django_tasks_live.sqlite import recommended_options
 
 SYSTEM = os.environ.get("BENCH_SYSTEM", "live")
+DEFAULT_SQLITE = SYSTEM == "dtdb_default"  # read by bench.apps: no pragmas either
 REDIS_DB = int(os.environ.get("BENCH_REDIS_DB", "8"))
 
 SECRET_KEY = "bench-only"
@@ -25,6 +27,7 @@ INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "bench"]
 INSTALLED_APPS += {
     "live": ["channels", "django_tasks_live"],
     "dtdb": ["django_tasks_db"],
+    "dtdb_default": ["django_tasks_db"],
     "q2orm": ["django_q"],
     "q2redis": ["django_q"],
 }.get(SYSTEM, [])
@@ -38,6 +41,13 @@ if os.environ.get("BENCH_DB", "sqlite") == "postgres":
             "HOST": "127.0.0.1",
             "PORT": "5432",
             "CONN_MAX_AGE": None,
+        }
+    }
+elif DEFAULT_SQLITE:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": os.environ.get("BENCH_DB_NAME", "/tmp/bench-unused.sqlite3"),
         }
     }
 else:
@@ -61,7 +71,7 @@ if SYSTEM == "live":
                 "CONFIG": {"hosts": [f"redis://127.0.0.1:6379/{REDIS_DB}"]},
             }
         }
-elif SYSTEM == "dtdb":
+elif SYSTEM in ("dtdb", "dtdb_default"):
     TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
 elif SYSTEM in ("q2orm", "q2redis"):
     Q_CLUSTER = {

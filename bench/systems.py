@@ -26,6 +26,7 @@ class System:
     enqueue_many: Callable[[int, int], None]  # (count, tag)
     enqueue_one: Callable[[int], None]  # tag
     completed: Callable[[], int]
+    only_db: str | None = None  # benchmarked on this database only
 
 
 def _django(*args: str) -> list[str]:
@@ -180,6 +181,8 @@ SYSTEMS: dict[str, System] = {
                _live_many, _live_one, _live_completed),
         System("dtdb", "django-tasks-db db_worker", True, 0, _dtdb_workers,
                _dtdb_many, _dtdb_one, _dtdb_completed),
+        System("dtdb_default", "django-tasks-db db_worker, Django's default SQLite settings",
+               True, 0, _dtdb_workers, _dtdb_many, _dtdb_one, _dtdb_completed, "sqlite"),
         System("q2orm", "django-q2 qcluster (ORM broker)", True, 0,
                lambda c: [_django("qcluster")], _q2_many, _q2_one, _q2_completed),
         System("q2redis", "django-q2 qcluster (Redis broker)", True, 1,

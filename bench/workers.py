@@ -122,7 +122,8 @@ def main() -> None:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="tasks-live-bench-") as tmp:
         logdir = Path(tmp)
-        plan = [(k, d) for d in dbs for k in systems if SYSTEMS[k].uses_db]
+        plan = [(k, d) for d in dbs for k in systems
+                if SYSTEMS[k].uses_db and SYSTEMS[k].only_db in (None, d)]
         plan += [(k, "redis") for k in systems if not SYSTEMS[k].uses_db]
         for key, db in plan:
             print(f"… {SYSTEMS[key].label} on {db}", file=sys.stderr, flush=True)
