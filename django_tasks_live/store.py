@@ -177,15 +177,22 @@ def events_after(
 
 
 def settled_event_id(age: float) -> int:
-    """The newest event id written at least ``age`` seconds ago (0 if none).
+    """The newest event id written at least ``age`` seconds ago.
 
     Where the stream's cursor starts: on PostgreSQL a younger id may still have an
     uncommitted neighbour below it, so the stream reads forward from here instead.
+    When every event is young, it is just below the oldest one: the ids under it were
+    never committed or were pruned (a sequence does not restart at 1 after deletes,
+    and waiting out such a "hole" would delay the first live events for nothing).
     """
     qs = RunEvent.objects.using(_db()).order_by("-id")
     if age > 0:
         qs = qs.filter(created_at__lte=timezone.now() - dt.timedelta(seconds=age))
-    return qs.values_list("id", flat=True).first() or 0
+    settled = qs.values_list("id", flat=True).first()
+    if settled is not None:
+        return settled
+    oldest = oldest_event_id()
+    return oldest - 1 if oldest else 0
 
 
 def run_owners(run_ids: Iterable[int]) -> dict[int, int | None]:
