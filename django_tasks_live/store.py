@@ -16,7 +16,6 @@ from typing import Any
 from django.db import IntegrityError, connections, router, transaction
 from django.db.models import F, OuterRef, Q, QuerySet, Subquery
 from django.db.models.fields.json import KeyTransform
-from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from . import events
@@ -324,13 +323,9 @@ def settle(
             due = Run.objects.using(using).filter(status__in=sorted(CLAIMABLE), run_after__lte=now)
             if queues:
                 due = due.filter(queue__in=list(queues))
-            ids = list(
-                due.order_by("-priority", "run_after", "id")
-                .select_for_update(skip_locked=True)
-                .values_list("id", flat=True)[:limit]
-            )
-            if ids:
-                claimed = _mark_running(ids, worker_id, now, using)
+            selection = (due.order_by("-priority", "run_after", "id")
+                         .select_for_update(skip_locked=True).values("id")[:limit])
+            claimed = _claim_selected(selection, worker_id, now, using)
     return finished, claimed
 
 
@@ -381,18 +376,32 @@ def claim_run(run_id: int, worker_id: str) -> Run | None:
 
 
 def _mark_running(ids: list[int], worker_id: str, now: dt.datetime, using: str) -> list[Run]:
-    Run.objects.using(using).filter(pk__in=ids, status__in=sorted(CLAIMABLE)).update(
-        status=Status.RUNNING,
-        worker_id=worker_id,
-        attempt=F("attempt") + 1,
-        started_at=Coalesce("started_at", now),
-        updated_at=now,
+    return _claim_selected(Run.objects.using(using).filter(pk__in=ids).values("id"),
+                           worker_id, now, using)
+
+
+def _claim_selected(
+    selection: QuerySet[Run], worker_id: str, now: dt.datetime, using: str
+) -> list[Run]:
+    """Mark the runs ``selection`` (a ``values("id")`` query) picks as running for
+    ``worker_id``, in ONE ``UPDATE … WHERE id IN (…) RETURNING`` statement (PostgreSQL,
+    and SQLite ≥ 3.35): no separate id read and no reload. The UPDATE re-checks the
+    status, so a run is never claimed twice."""
+    conn = connections[using]
+    q = conn.ops.quote_name
+    sub_sql, sub_params = selection.query.sql_with_params()
+    when = Run._meta.get_field("updated_at").get_db_prep_value(now, conn)
+    claimable = sorted(CLAIMABLE)
+    sql = (
+        f"UPDATE {q(Run._meta.db_table)} SET {q('status')} = %s, {q('worker_id')} = %s, "
+        f"{q('attempt')} = {q('attempt')} + 1, "
+        f"{q('started_at')} = COALESCE({q('started_at')}, %s), {q('updated_at')} = %s "
+        f"WHERE {q('id')} IN ({sub_sql}) "
+        f"AND {q('status')} IN ({', '.join(['%s'] * len(claimable))}) RETURNING *"
     )
-    claimed = list(
-        Run.objects.using(using)
-        .filter(pk__in=ids, status=Status.RUNNING, worker_id=worker_id, updated_at=now)
-        .order_by("-priority", "run_after", "id")
-    )
+    params = [Status.RUNNING.value, worker_id, when, when, *sub_params, *claimable]
+    claimed = sorted(Run.objects.using(using).raw(sql, params),
+                     key=lambda run: (-run.priority, run.run_after, run.pk))
     _save_events([_event(run, "status") for run in claimed], using)
     return claimed
 
