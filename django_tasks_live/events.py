@@ -18,6 +18,10 @@ logger = logging.getLogger(__name__)
 
 GROUP = "tasks_live"
 MESSAGE_TYPE = "tasks_live.event"
+# Several events in one layer message: one group_send per worker commit, not per event
+# (each costs the sender ~0.3 ms of CPU with channels_redis).
+BATCH_TYPE = "tasks_live.events"
+BATCH_MAX = 100
 
 
 def message(event_id: int | None, kind: str, state: dict[str, Any],
@@ -125,8 +129,15 @@ class _Pusher:
             return
         loop = asyncio.new_event_loop()
         while True:
-            batch = self._queue.get()
-            for msg in batch:
+            pending = list(self._queue.get())
+            while len(pending) < BATCH_MAX:  # take whatever else is already waiting
+                try:
+                    pending += self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            for start in range(0, len(pending), BATCH_MAX):
+                chunk = pending[start:start + BATCH_MAX]
+                msg = chunk[0] if len(chunk) == 1 else {"type": BATCH_TYPE, "messages": chunk}
                 try:
                     loop.run_until_complete(layer.group_send(GROUP, msg))
                 except Exception:  # the layer is best effort; the DB has the event

@@ -180,6 +180,12 @@ class Hub:
 
     def on_message(self, msg: dict[str, Any]) -> None:
         """A channel-layer message: a new event, or push-only progress to forward."""
+        if msg.get("type") == events.BATCH_TYPE:
+            items = msg.get("messages")
+            for item in items[: events.BATCH_MAX] if isinstance(items, list) else ():
+                if isinstance(item, dict):
+                    self.on_message(item)
+            return
         event_id = msg.get("id")
         if not isinstance(msg.get("run"), dict) or "id" not in msg["run"]:
             pass  # not ours to forward: a plain wake-up

@@ -150,6 +150,9 @@ def test_hub_delivers_layer_messages_that_continue_its_cursor_and_reads_after_a_
         assert (batch.after, batch.upto, [i.event_id for i in batch.items]) == (10, 12, [11, 12])
         hub.on_message(msg(13))
         assert hub._deliver_pending() is False and hub.cursor == 13
+        # A worker's commit arrives as one batch message carrying all of its events.
+        hub.on_message({"type": events.BATCH_TYPE, "messages": [msg(14), msg(15), "junk"]})
+        assert hub._deliver_pending() is False and hub.cursor == 15
         hub._reader.shutdown()
 
     asyncio.run(scenario())
