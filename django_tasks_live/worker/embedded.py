@@ -54,23 +54,25 @@ def _loop(concurrency: int) -> None:
             with lock:
                 in_flight.discard(run_id)
 
-    try:
-        store.register_worker(worker_id, socket.gethostname(), os.getpid(), [], concurrency)
-        store.sync_tasks(registry)
-    except DatabaseError as exc:
-        logger.warning("Embedded worker could not register yet: %s", exc)
     import time
 
     from .. import schedules
 
+    registered = False
     while not _stop.is_set():
         try:
             now = time.monotonic()
             if now >= next_heartbeat:
                 next_heartbeat = now + conf.get("HEARTBEAT_INTERVAL")
-                store.register_worker(worker_id, socket.gethostname(), os.getpid(), [],
-                                      concurrency) if next_heartbeat == 0 else store.heartbeat(
-                    worker_id, 0)
+                if registered:
+                    store.heartbeat(worker_id, 0)
+                else:
+                    # Until its Worker row exists, this worker's runs would look lost to
+                    # recovery (its own included): register before claiming anything.
+                    store.register_worker(worker_id, socket.gethostname(), os.getpid(), [],
+                                          concurrency)
+                    store.sync_tasks(registry)
+                    registered = True
                 store.recover_lost_runs(conf.get("HEARTBEAT_TIMEOUT"))
                 schedules.tick()
             with lock:
