@@ -83,7 +83,6 @@ class _Pusher:
         self._queue: queue.Queue[list[dict[str, Any]]] = queue.Queue(maxsize)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._layer_checked = False
         self._enabled = True
 
     def push(self, batch: list[dict[str, Any]]) -> None:

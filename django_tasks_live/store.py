@@ -371,13 +371,9 @@ def claim_run(run_id: int, worker_id: str) -> Run | None:
     using = _db()
     now = timezone.now()
     with transaction.atomic(using=using):
-        claimed = _mark_running([run_id], worker_id, now, using)
+        claimed = _claim_selected(Run.objects.using(using).filter(pk=run_id).values("id"),
+                                  worker_id, now, using)
     return claimed[0] if claimed else None
-
-
-def _mark_running(ids: list[int], worker_id: str, now: dt.datetime, using: str) -> list[Run]:
-    return _claim_selected(Run.objects.using(using).filter(pk__in=ids).values("id"),
-                           worker_id, now, using)
 
 
 def _claim_selected(

@@ -134,9 +134,7 @@ class Supervisor:
                     slot.process.kill()
                     store.release(head.run.pk, "WorkerStopped",
                                   "worker stopped before the run finished", counts=False)
-            if self.buffer:
-                store.requeue([run.pk for run in self.buffer])
-                self.buffer.clear()
+            self._requeue_buffer()
             for slot in self.slots:
                 slot.stop()
             store.stop_worker(self.id)
@@ -235,21 +233,20 @@ class Supervisor:
         if self.draining or self._limit_reached():
             return 0
         now = time.monotonic()
-        if self._capacity() < max(1, self.concurrency * self._depth() // 2):
+        limit = self._capacity()
+        if limit < max(1, self.concurrency * self._depth() // 2):
             return 0  # wait until a batch's worth is free: fewer, bigger claims
         if not (self._wake or now >= self._next_poll):
             return 0
-        limit = self._capacity()
-        if limit:
-            self._wake = False
-            poll = conf.get("PG_POLL_INTERVAL" if self.listener.active else "POLL_INTERVAL")
-            self._next_poll = now + poll
+        self._wake = False
+        poll = conf.get("PG_POLL_INTERVAL" if self.listener.active else "POLL_INTERVAL")
+        self._next_poll = now + poll
         return limit
 
     def _dispatch(self) -> None:
         """Hand buffered runs to executors, shortest queue first."""
+        depth = self._depth()
         while self.buffer:
-            depth = self._depth()
             open_slots = [slot for slot in self.slots if slot.has_room(depth)]
             if not open_slots:
                 return
@@ -261,6 +258,9 @@ class Supervisor:
         """Draining: runs claimed but not begun go back to pending for other workers
         (executors report the ones queued on their pipes as skipped)."""
         self.stop_flag.value = 1
+        self._requeue_buffer()
+
+    def _requeue_buffer(self) -> None:
         if self.buffer:
             store.requeue([run.pk for run in self.buffer])
             self.buffer.clear()
