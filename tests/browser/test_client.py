@@ -9,6 +9,7 @@ last event id, giving up) are exercised exactly. The real-server tests are in
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,18 @@ class Server:
         else:
             route.fulfill(status=404, body="")
 
+    def wait_for_streams(self, page, count: int, timeout: float = 5.0) -> list[str]:
+        """Let the page run until it has made ``count`` stream requests.
+
+        The client counts a reconnect when it schedules one; the request itself reaches
+        the route handler a little later, and only while Playwright is being driven.
+        """
+        deadline = time.monotonic() + timeout
+        while len(self.stream_urls) < count:
+            assert time.monotonic() < deadline, f"only {self.stream_urls} requested"
+            page.wait_for_timeout(10)
+        return self.stream_urls
+
 
 @pytest.fixture(scope="module")
 def browser():
@@ -144,9 +157,8 @@ def test_snapshot_run_and_progress_events_update_the_page(open_page):
     assert "tasks-live--completed" in shown["cls"] and "tasks-live--idle" not in shown["cls"]
     assert shown["cancelHidden"] is True
     # The reconnect (the scripted body ended) asks for events after id 41.
-    page.wait_for_function("window.TasksLive.sources[0].reconnects >= 1")
-    assert server.stream_urls[0] == "/events/?task=import"
-    assert server.stream_urls[1] == "/events/?task=import&last_event_id=41"
+    urls = server.wait_for_streams(page, 2)
+    assert urls[:2] == ["/events/?task=import", "/events/?task=import&last_event_id=41"]
 
 
 def test_text_is_never_markup(open_page):
