@@ -12,7 +12,9 @@ Push-only progress (messages with id None) is forwarded as is, after any read in
 flight, so it never overtakes an older persisted event.
 
 Each stream owns a bounded :class:`Mailbox`; a stream that falls behind loses its
-mailbox contents and re-reads the missed events from the database instead.
+mailbox contents and re-reads the missed events from the database instead. A stream
+whose task waits idle, caught up, takes the hub's entries directly (its ``push``), so a
+round costs no task wake-up per stream.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import json
 import logging
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +43,7 @@ READ_BATCH = 500
 GROUP_REFRESH = 300.0  # re-join the layer group well inside any group expiry
 OWNER_CACHE = 50_000
 WRITE_COST = 50e-6  # batching window per open stream, in seconds (see _poll_loop)
+WAKE_CHUNK = 50  # streams woken per event-loop turn (see _flush_outbox)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,11 +105,16 @@ class Mailbox:
         self.overflowed = False
         self.heartbeat_due = False
         self.idle_since = time.monotonic()  # the stream's last write
+        # Set by the stream while it waits with nothing queued: the hub then hands it a
+        # round's entries by this call instead of queueing them and waking its task.
+        # It returns False (having done nothing) when the entries need the task.
+        self.direct: Callable[[list[Batch | Item]], bool] | None = None
         self._entries: deque[Batch | Item] = deque()
         self._count = 0
         self._ready = asyncio.Event()
 
     def put(self, entry: Batch | Item) -> None:
+        self.direct = None  # queued entries go first: no direct hand-over past them
         if self.overflowed:
             return
         self._count += len(entry.items) if isinstance(entry, Batch) else 1
@@ -120,6 +129,11 @@ class Mailbox:
     def nudge(self) -> None:
         """Ask the stream for a heartbeat."""
         self.heartbeat_due = True
+        self._ready.set()
+
+    def wake(self) -> None:
+        """Wake the stream's task with nothing queued (it has its own work to finish)."""
+        self.direct = None
         self._ready.set()
 
     async def wait(self) -> None:
@@ -151,6 +165,7 @@ class Hub:
         self._hole: tuple[int, float] | None = None  # (first missing id, first seen)
         self._settle = 0.0
         self._tasks: list[asyncio.Task[None]] = []
+        self._outbox: list[Batch | Item] = []  # this round's entries, for every mailbox
         # The hub's reads run on a thread of their own that keeps its DB connection:
         # one read per wake-up must not reconnect, nor queue behind streams' queries.
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="tasks-live-hub")
@@ -224,10 +239,16 @@ class Hub:
                 # did not bring (dropped, lagging behind, or written out of its reach).
                 before = self.cursor
                 self._deliver_pending()
+                if len(self.mailboxes) <= WAKE_CHUNK:
+                    # Few streams: the layer's events go out before the read's thread
+                    # hop. Many: one write per stream and round costs less CPU (a write
+                    # is most of it), and the round goes out after the read.
+                    await self._flush_outbox()
                 for batch in await self._read(self._read_new, self.cursor):
                     self.cursor = batch.upto
                     self._fan_out(batch)
                 await self._release_pushes()
+                await self._flush_outbox()
                 self.ready.set()
                 busy = self.cursor != before
             except asyncio.CancelledError:
@@ -311,8 +332,26 @@ class Hub:
     def _fan_out(self, batch: Batch) -> None:
         for item in batch.items:
             self._remember(item.run_id, item.owner_id, item.state.get("status") in TERMINAL)
-        for mailbox in list(self.mailboxes):
-            mailbox.put(batch)
+        self._outbox.append(batch)
+
+    async def _flush_outbox(self) -> None:
+        """Hand this round's entries, in order, to every stream, a chunk of streams per
+        event-loop turn: daphne sends a stream's bytes on the loop turn after the stream
+        wrote them, so the first chunk is on the wire while the next one is encoded,
+        instead of every client waiting for the last stream of the round. A stream that
+        waits idle takes them at once (``Mailbox.direct``); the others find them queued."""
+        outbox, self._outbox = self._outbox, []
+        if not outbox:
+            return
+        mailboxes = list(self.mailboxes)
+        for start in range(0, len(mailboxes), WAKE_CHUNK):
+            if start:
+                await asyncio.sleep(0)
+            for mailbox in mailboxes[start:start + WAKE_CHUNK]:
+                direct = mailbox.direct
+                if direct is None or not direct(outbox):
+                    for entry in outbox:
+                        mailbox.put(entry)
 
     async def _release_pushes(self) -> None:
         if not self._held:
@@ -327,9 +366,7 @@ class Hub:
             owner_id, finished = self._owners.get(msg["run"]["id"], (None, True))
             if finished:  # a late preview must not overwrite a terminal state
                 continue
-            item = item_from_push(msg["run"], owner_id)
-            for mailbox in list(self.mailboxes):
-                mailbox.put(item)
+            self._outbox.append(item_from_push(msg["run"], owner_id))
 
     def _remember(self, run_id: int, owner_id: int | None, finished: bool) -> None:
         self._owners[run_id] = (owner_id, finished)

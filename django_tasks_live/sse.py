@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import types
 from typing import Any
 
 from channels.consumer import get_handler_name
@@ -157,11 +158,24 @@ class Stream:
         self.key = (query.key(), access.key())  # streams with equal keys see equal events
         # Run id -> newest event id already contained in that run's snapshot state.
         self.skip: dict[int, int] = {}
+        self.failure: Exception | None = None  # raised by a send push() started
+        self.unfinished: Any = None  # a send push() started that the server suspended
 
     async def run(self, raw_last_event_id: str | None) -> None:
         await self.start(raw_last_event_id)
         while True:
-            await self.mailbox.wait()
+            # While this task waits with nothing queued, the hub hands it live events
+            # through push(): no task wake-up per stream and event round.
+            self.mailbox.direct = self.push
+            try:
+                await self.mailbox.wait()
+            finally:
+                self.mailbox.direct = None
+            if self.failure is not None:
+                raise self.failure
+            if self.unfinished is not None:
+                unfinished, self.unfinished = self.unfinished, None
+                await unfinished
             entries, overflowed, heartbeat = self.mailbox.take()
             if entries or overflowed:
                 await self.deliver(entries, overflowed)
@@ -200,24 +214,62 @@ class Stream:
             return
         frames: list[bytes] = []
         for entry in entries:
-            if isinstance(entry, Item):
-                if self.visible(entry):
-                    frames.append(entry.frame)
-                continue
-            if entry.after > self.cursor:  # a gap before this batch: fill it in order
-                await self.flush(frames)
+            if isinstance(entry, Batch) and entry.after > self.cursor:
+                await self.flush(frames)  # a gap before this batch: fill it in order
                 await self.catch_up(entry.after)
-            if entry.after == self.cursor and not self.skip:  # the usual case: shared
-                payload = entry.payloads.get(self.key)
-                if payload is None:
-                    payload = entry.payloads[self.key] = b"".join(
-                        item.frame for item in entry.items if self.visible(item))
-                frames.append(payload)
-            else:
-                frames += [item.frame for item in entry.items
-                           if item.event_id > self.cursor and self.visible(item)]
-            self.cursor = max(self.cursor, entry.upto)
+            self.add(entry, frames)
         await self.flush(frames)
+        self.forget_skipped()
+
+    def push(self, entries: list[Batch | Item]) -> bool:
+        """Send ``entries`` now, from the hub, while this stream's task waits idle.
+
+        Returns False, having changed nothing, when they start after a gap (the task
+        fills it from the database). The server's send runs to its end right here when
+        it does not suspend (daphne never does); a send that suspends (a server with
+        backpressure) or raises is finished, or raised, by this stream's task, so a
+        slow or broken client never holds up the hub or the other streams.
+        """
+        cursor = self.cursor
+        for entry in entries:
+            if isinstance(entry, Batch):
+                if entry.after > cursor:
+                    return False
+                cursor = max(cursor, entry.upto)
+        try:  # whatever fails here ends this stream only, never the hub's round
+            frames: list[bytes] = []
+            for entry in entries:
+                self.add(entry, frames)
+            self.forget_skipped()
+            sending = self.flush(frames)  # stepped by hand: push() cannot await
+            try:
+                suspended_on = sending.send(None)
+            except StopIteration:
+                return True
+            self.unfinished = _resume(sending, suspended_on)
+        except Exception as exc:
+            self.failure = exc
+        self.mailbox.wake()  # and no more pushes until the task has dealt with it
+        return True
+
+    def add(self, entry: Batch | Item, frames: list[bytes]) -> None:
+        """Append the frames of ``entry`` this stream should see (no gap before it)."""
+        if isinstance(entry, Item):
+            if self.visible(entry):
+                frames.append(entry.frame)
+            return
+        if entry.after == self.cursor and not self.skip:  # the usual case: shared
+            payload = entry.payloads.get(self.key)
+            if payload is None:
+                payload = entry.payloads[self.key] = b"".join(
+                    item.frame for item in entry.items if self.visible(item))
+            frames.append(payload)
+        else:
+            frames += [item.frame for item in entry.items
+                       if item.event_id > self.cursor and self.visible(item)]
+        self.cursor = max(self.cursor, entry.upto)
+
+    def forget_skipped(self) -> None:
         if self.skip:
             self.skip = {run: last for run, last in self.skip.items() if last > self.cursor}
 
@@ -244,6 +296,25 @@ class Stream:
             await self.send(b"".join(frames), more_body=True)
             frames.clear()
             self.mailbox.idle_since = time.monotonic()
+
+
+@types.coroutine
+def _resume(coro: Any, suspended_on: Any) -> Any:
+    """Finish, inside a task, a coroutine that was stepped by hand until it suspended:
+    hand what it waits on to the task, and pass results and exceptions back in."""
+    while True:
+        try:
+            sent = yield suspended_on
+        except BaseException as exc:  # cancellation included: the send gets it
+            try:
+                suspended_on = coro.throw(exc)
+            except StopIteration:
+                return
+        else:
+            try:
+                suspended_on = coro.send(sent)
+            except StopIteration:
+                return
 
 
 def replay_refusal(event_id: int) -> str | None:

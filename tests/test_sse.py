@@ -18,7 +18,7 @@ from django.db import close_old_connections, connection, transaction
 from django.test import override_settings
 
 import django_tasks_live as tasks_live
-from django_tasks_live import authz, events, fanout, runner, sse_query, store
+from django_tasks_live import authz, events, fanout, runner, sse, sse_query, store
 from django_tasks_live.authz import Access
 from django_tasks_live.fanout import Batch, Hub, Mailbox
 from django_tasks_live.models import RunEvent
@@ -132,10 +132,12 @@ def test_hub_holds_at_an_id_hole_until_it_fills_or_settles():
     asyncio.run(scenario())
 
 
-def test_hub_delivers_layer_messages_that_continue_its_cursor_and_reads_after_a_gap():
-    def msg(event_id: int) -> dict[str, Any]:
-        return events.message(event_id, "status", {"id": 1, "task": "t", "status": "running"})
+def msg(event_id: int) -> dict[str, Any]:
+    """A channel-layer message for a status event of run 1."""
+    return events.message(event_id, "status", {"id": 1, "task": "t", "status": "running"})
 
+
+def test_hub_delivers_layer_messages_that_continue_its_cursor_and_reads_after_a_gap():
     async def scenario():
         hub = Hub()
         hub.cursor = 10
@@ -145,6 +147,7 @@ def test_hub_delivers_layer_messages_that_continue_its_cursor_and_reads_after_a_
             hub.on_message(msg(event_id))
         assert hub._deliver_pending() is True  # 13 is missing: the database decides
         assert hub.cursor == 12
+        await hub._flush_outbox()
         [batch], overflowed, _ = box.take()
         assert not overflowed
         assert (batch.after, batch.upto, [i.event_id for i in batch.items]) == (10, 12, [11, 12])
@@ -153,6 +156,70 @@ def test_hub_delivers_layer_messages_that_continue_its_cursor_and_reads_after_a_
         # A worker's commit arrives as one batch message carrying all of its events.
         hub.on_message({"type": events.BATCH_TYPE, "messages": [msg(14), msg(15), "junk"]})
         assert hub._deliver_pending() is False and hub.cursor == 15
+        hub._reader.shutdown()
+
+    asyncio.run(scenario())
+
+
+def test_hub_puts_a_rounds_entries_in_order_into_every_mailbox_a_chunk_per_loop_turn():
+    async def scenario():
+        hub = Hub()
+        hub.cursor = 10
+        boxes = [Mailbox(100) for _ in range(fanout.WAKE_CHUNK * 2 + 1)]
+        hub.mailboxes.update(boxes)
+        hub.on_message(msg(11))
+        hub._deliver_pending()
+        hub.on_message(msg(12))
+        hub._deliver_pending()
+        flush = asyncio.create_task(hub._flush_outbox())
+        await asyncio.sleep(0)  # the first chunk only
+        first = [box for box in boxes if box.take()[0]]
+        assert len(first) == fanout.WAKE_CHUNK
+        late = Mailbox(100)  # joins mid-round: its cursor is already the hub's
+        hub.mailboxes.add(late)
+        await flush
+        assert late.take()[0] == []
+        for box in boxes:
+            entries, overflowed, _ = box.take()
+            expected = [] if box in first else [(10, 11), (11, 12)]
+            assert [(b.after, b.upto) for b in entries] == expected
+            assert not overflowed
+        hub._reader.shutdown()
+
+    asyncio.run(scenario())
+
+
+def test_a_stream_takes_a_round_directly_only_while_idle_and_caught_up():
+    def item(event_id: int) -> fanout.Item:
+        return fanout.item_from_message(
+            events.message(event_id, "status", {"id": 1, "task": "t", "status": "running"}))
+
+    async def scenario():
+        sent: list[bytes] = []
+
+        async def send(body: bytes, more_body: bool) -> None:
+            sent.append(body)
+
+        hub, box = Hub(), Mailbox(100)
+        hub.mailboxes.add(box)
+        query, _ = sse_query.parse(b"")
+        stream = Stream(send, hub, box, query, Access())
+        stream.cursor = 10
+        box.direct = stream.push  # what Stream.run does while it waits
+        hub._outbox.append(Batch(10, 11, [item(11)]))
+        await hub._flush_outbox()
+        assert sent == [item(11).frame] and stream.cursor == 11
+        assert box.take() == ([], False, False) and box.direct is not None
+        # A batch after a gap needs the task (it reads the gap from the database), and
+        # nothing may overtake it, not even a push-only preview.
+        late = Batch(12, 13, [item(13)])
+        preview = fanout.item_from_push({"id": 1, "task": "t", "status": "running"}, None)
+        hub._outbox.append(late)
+        await hub._flush_outbox()
+        hub._outbox.append(preview)
+        await hub._flush_outbox()
+        assert len(sent) == 1 and stream.cursor == 11 and box.direct is None
+        assert box.take()[0] == [late, preview]
         hub._reader.shutdown()
 
     asyncio.run(scenario())
@@ -392,19 +459,39 @@ def test_a_slow_stream_that_overflows_its_mailbox_catches_up_from_the_database(
         return entries, overflowed, heartbeat
 
     monkeypatch.setattr(Mailbox, "take", spy)
-    flush = Stream.flush
+    send_body = EventStreamConsumer.send_body
+    stuck, unstick = asyncio.Event(), asyncio.Event()
 
-    async def slow_reader(self: Stream, frames: list[bytes]) -> None:
-        await asyncio.sleep(0.1)  # the client reads slowly: the hub outpaces this stream
-        await flush(self, frames)
+    async def slow_reader(self: EventStreamConsumer, body: bytes, **kwargs: Any) -> None:
+        # The client stops reading and the server applies backpressure: the first send
+        # of live events (the hub starts it) suspends until the test lets it go on.
+        if b"event: run" in body and not unstick.is_set():
+            stuck.set()
+            await unstick.wait()
+        await send_body(self, body, **kwargs)
 
-    monkeypatch.setattr(Stream, "flush", slow_reader)
+    monkeypatch.setattr(EventStreamConsumer, "send_body", slow_reader)
+    resumed = []
+    resume = sse._resume
+
+    def spy_resume(*args: Any) -> Any:
+        resumed.append(args)
+        return resume(*args)
+
+    monkeypatch.setattr(sse, "_resume", spy_resume)
 
     async def scenario():
         client = Client(user=staff)
         await client.start()
         await client.read_until(has("snapshot"))
-        target = await asyncio.to_thread(execute_all, 10)
+        await asyncio.to_thread(execute_all, 1)
+        await asyncio.wait_for(stuck.wait(), 5)
+        target = await asyncio.to_thread(execute_all, 10)  # the hub outpaces this stream
+        [hub] = fanout._hubs.values()
+        deadline = time.monotonic() + 5
+        while not any(box.overflowed for box in hub.mailboxes) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        unstick.set()
         await client.read_until(lambda ev: any(e.id == target for e in client.runs()))
         await client.read_until(has("comment"))  # heartbeats while idle
         await client.close()
@@ -415,7 +502,39 @@ def test_a_slow_stream_that_overflows_its_mailbox_catches_up_from_the_database(
     ids = [e.id for e in client.runs()]
     assert ids == list(RunEvent.objects.filter(pk__gt=snapshot_id).values_list("id", flat=True))
     assert any(overflows)
+    assert resumed  # a send the hub started and the server suspended, finished by the task
     assert any(e.event == "comment" and e.data == "heartbeat" for e in client.events)
+
+
+@pytestmark_db
+def test_a_live_send_that_raises_ends_only_that_stream(staff, monkeypatch):
+    send_body = EventStreamConsumer.send_body
+
+    async def breaks_on_live_events(self: EventStreamConsumer, body: bytes, **kwargs: Any) -> None:
+        if self.scope["query_string"] == b"task=add" and b"event: run" in body:
+            raise RuntimeError("the connection broke")
+        await send_body(self, body, **kwargs)
+
+    monkeypatch.setattr(EventStreamConsumer, "send_body", breaks_on_live_events)
+
+    async def scenario():
+        broken, healthy = Client("task=add", staff), Client("", staff)
+        for client in (broken, healthy):
+            await client.start()
+            await client.read_until(has("snapshot"))
+        first = await asyncio.to_thread(lambda: tasks_live.start("add", a=1, b=2))
+        await broken.read_until(lambda ev: broken.closed)
+        second = await asyncio.to_thread(lambda: tasks_live.start("add", a=3, b=4))
+        await execute_in_thread(second.pk)
+        await healthy.read_until(finished(second.pk))
+        await healthy.close()
+        await broken.close()
+        return broken, healthy, first, second, dict(fanout._hubs)
+
+    broken, healthy, first, second, hubs = asyncio.run(scenario())
+    assert broken.closed and broken.runs() == []
+    assert {e.run["id"] for e in healthy.runs()} == {first.pk, second.pk}
+    assert hubs == {}
 
 
 @pytestmark_db
