@@ -6,6 +6,8 @@ from typing import Any
 
 from django.core import checks
 
+SUPPORTED_VENDORS = ("postgresql", "sqlite")
+
 
 def register() -> None:
     checks.register(check_database, checks.Tags.database)
@@ -21,7 +23,18 @@ def check_database(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     alias = router.db_for_write(Run)
     settings_dict = connections[alias].settings_dict
     errors: list[checks.CheckMessage] = []
-    if connections[alias].vendor == "sqlite":
+    vendor = connections[alias].vendor
+    if vendor not in SUPPORTED_VENDORS:
+        # Claims and event writes use UPDATE … RETURNING and JSON unpacking in SQL.
+        errors.append(
+            checks.Error(
+                f"django-tasks-live stores runs in PostgreSQL or SQLite; the database "
+                f"{alias!r} is {vendor}.",
+                hint="Route django_tasks_live's models to a PostgreSQL or SQLite database.",
+                id="tasks_live.E010",
+            )
+        )
+    if vendor == "sqlite":
         mode = settings_dict.get("OPTIONS", {}).get("transaction_mode")
         if mode != "IMMEDIATE":
             errors.append(
