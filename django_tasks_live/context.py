@@ -149,7 +149,7 @@ class TaskContext:
         return round(100 * (done + running * (fraction or 0.0)) / weight_total, 2)
 
     def final_fields(self, success: bool) -> dict[str, Any]:
-        """Progress fields not yet persisted, for the runner's terminal transition."""
+        """The progress fields to write with the runner's terminal transition."""
         if success and self._steps:
             for step in self._steps:
                 step["state"] = "done"
@@ -161,7 +161,9 @@ class TaskContext:
                     step["state"] = "failed"
             if self._steps:
                 self._fields["steps"] = self._steps
-        return dict(self._fields) if (self._dirty or success or self._steps) else {}
+        # Everything reported, persisted or not: the worker builds the final event's
+        # state from the claimed row plus these fields.
+        return dict(self._fields)
 
     def _maybe_write(self, force: bool = False) -> None:
         now = time.monotonic()

@@ -9,12 +9,14 @@ Claims run in short transactions; handlers never run inside one.
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import IntegrityError, connections, router, transaction
-from django.db.models import F, OuterRef, Q, QuerySet, Subquery
+from django.db.models import DateTimeField, F, OuterRef, Q, QuerySet, Subquery
 from django.db.models.fields.json import KeyTransform
 from django.utils import timezone
 
@@ -30,7 +32,7 @@ from .states import (
     outcome_status,
 )
 
-NOTIFY_CHANNEL = "tasks_live_new"
+NOTIFY_CHANNEL = "tasks_live_new"  # the trigger of migration 0002 notifies it
 
 
 def _db() -> str:
@@ -65,15 +67,68 @@ class NewRun:
     owner_id: int | None = None
 
 
-def _event(run: Run, kind: str) -> RunEvent:
-    return RunEvent(run=run, kind=kind, status=run.status, data=run.to_state())
-
-
-def _save_events(evs: list[RunEvent], using: str) -> None:
-    RunEvent.objects.using(using).bulk_create(evs)
+def _save_events(changes: Sequence[tuple[Run, str]], using: str) -> None:
+    """Append one ``RunEvent`` per (run, kind) with the run's current state, and push
+    them to the channel layer after commit."""
+    if not changes:
+        return
+    conn = connections[using]
+    now = _json_datetime(timezone.now(), conn)
+    states = [run.to_state() for run, _ in changes]
+    ids = _insert_rows(RunEvent, [
+        {"run_id": run.pk, "kind": kind, "status": run.status, "data": state, "created_at": now}
+        for (run, kind), state in zip(changes, states, strict=True)
+    ], using)
     events.publish(
-        (events.message(ev.pk, ev.kind, ev.data, ev.run.owner_id) for ev in evs), using=using
+        (events.message(event_id, kind, state, run.owner_id)
+         for event_id, (run, kind), state in zip(ids, changes, states, strict=True)),
+        using=using,
     )
+
+
+def _insert_rows(model: Any, rows: Sequence[dict[str, Any]], using: str) -> list[int]:
+    """INSERT ``rows`` (column -> JSON-ready value, the same columns in each) into
+    ``model``'s table in one statement; returns their ids in order.
+
+    The rows travel as ONE JSON parameter that the database unpacks: encoding a list in
+    C is far cheaper than the ORM's per-value quoting and SQL building (this is both
+    the worker's hottest write and the body of ``start()``).
+    """
+    conn = connections[using]
+    q = conn.ops.quote_name
+    table = q(model._meta.db_table)
+    columns = list(rows[0])
+    names = ", ".join(q(c) for c in columns)
+    if conn.vendor == "postgresql":
+        select = (f"SELECT {names} FROM jsonb_populate_recordset(NULL::{table}, %s::jsonb) "
+                  "WITH ORDINALITY AS x ORDER BY x.ordinality")
+    else:
+        picks = ", ".join(f"json_extract(value, '$.{c}')" for c in columns)
+        select = f"SELECT {picks} FROM json_each(%s) ORDER BY key"
+    sql = f"INSERT INTO {table} ({names}) {select} RETURNING {q('id')}"
+    with conn.cursor() as cursor:
+        cursor.execute(sql, [json.dumps(rows, separators=(",", ":"))])
+        return [row[0] for row in cursor.fetchall()]
+
+
+def _json_datetime(value: dt.datetime | None, conn: Any) -> str | None:
+    """A datetime as the database reads it from JSON text: the ORM's value for it,
+    as ISO text where that is still a datetime (PostgreSQL)."""
+    prepared = _prep_datetime(value, conn)
+    return prepared.isoformat() if isinstance(prepared, dt.datetime) else prepared
+
+
+def _json_row(run: Run, conn: Any) -> dict[str, Any]:
+    """``run``'s columns (all but the id) as :func:`_insert_rows` takes them."""
+    row = {}
+    for model_field in Run._meta.concrete_fields:
+        if model_field.primary_key:
+            continue
+        value = getattr(run, model_field.attname)
+        if isinstance(model_field, DateTimeField):
+            value = _json_datetime(value, conn)
+        row[model_field.column] = value
+    return row
 
 
 # ---------------------------------------------------------------- creating runs
@@ -82,8 +137,9 @@ def _save_events(evs: list[RunEvent], using: str) -> None:
 def create_runs(new_runs: Sequence[NewRun]) -> list[Run]:
     """Insert pending runs and their ``created`` events in one transaction."""
     using = _db()
+    conn = connections[using]
     now = timezone.now()
-    rows = [
+    created = [
         Run(
             **{k: v for k, v in vars(new).items() if k != "run_after"},
             run_after=new.run_after or now,
@@ -93,11 +149,12 @@ def create_runs(new_runs: Sequence[NewRun]) -> list[Run]:
         for new in new_runs
     ]
     with transaction.atomic(using=using):
-        created = Run.objects.using(using).bulk_create(rows)
-        if any(run.pk is None for run in created):  # backends without RETURNING
-            raise RuntimeError("django-tasks-live needs a database that returns inserted ids.")
-        _save_events([_event(run, "created") for run in created], using)
-        _wake_workers({run.queue for run in created}, using)
+        ids = _insert_rows(Run, [_json_row(run, conn) for run in created], using)
+        for run, run_id in zip(created, ids, strict=True):
+            run.pk = run_id
+            run._state.adding, run._state.db = False, using
+        _save_events([(run, "created") for run in created], using)
+        # PostgreSQL: a trigger (migration 0002) NOTIFYs idle workers at commit.
     return created
 
 
@@ -109,13 +166,6 @@ def create_run_once(new: NewRun) -> Run | None:
             return create_runs([new])[0]
     except IntegrityError:
         return None
-
-
-def _wake_workers(queues: Iterable[str], using: str) -> None:
-    if _is_postgres(using):
-        with connections[using].cursor() as cursor:
-            for queue in queues:
-                cursor.execute("SELECT pg_notify(%s, %s)", [NOTIFY_CHANNEL, queue])
 
 
 # ---------------------------------------------------------------- reading runs
@@ -249,7 +299,7 @@ def transition_if(run_id: int, target: Status, **fields: Any) -> Run | None:
 def _apply(run: Run, target: Status, fields: dict[str, Any], using: str) -> Run:
     changed = _assign(run, target, fields, timezone.now())
     run.save(using=using, update_fields=changed)
-    _save_events([_event(run, "status")], using)
+    _save_events([(run, "status")], using)
     return run
 
 
@@ -278,7 +328,7 @@ def save_progress(run_id: int, push: bool = True, **fields: Any) -> str | None:
         for name, value in fields.items():
             setattr(run, name, value)
         run.save(using=using, update_fields=list(fields))
-        _save_events([_event(run, "progress")], using)
+        _save_events([(run, "progress")], using)
     return run.status
 
 
@@ -302,6 +352,9 @@ class Outcome:
     run_id: int
     target: Status
     fields: dict[str, Any]
+    # The row as this worker claimed it: the event state is built from it plus
+    # ``fields``, which spares re-reading whole rows (None: read it).
+    run: Run | None = None
 
 
 def settle(
@@ -320,33 +373,66 @@ def settle(
         finished = _finish_outcomes(outcomes, worker_id, now, using) if outcomes else []
         claimed: list[Run] = []
         if limit > 0:
-            due = Run.objects.using(using).filter(status__in=sorted(CLAIMABLE), run_after__lte=now)
-            if queues:
-                due = due.filter(queue__in=list(queues))
-            selection = (due.order_by("-priority", "run_after", "id")
-                         .select_for_update(skip_locked=True).values("id")[:limit])
-            claimed = _claim_selected(selection, worker_id, now, using)
+            conn = connections[using]
+            queues = list(queues or [])
+            claimed = _claim_selected(
+                _due_sql(conn.alias, len(queues)),
+                [*sorted(CLAIMABLE), _prep_datetime(now, conn), *queues, limit],
+                worker_id, now, using,
+            )
+        # One INSERT for both sets of events (outcomes first: they happened first).
+        _save_events([(run, "status") for run in [*finished, *claimed]], using)
     return finished, claimed
+
+
+@functools.cache
+def _due_sql(alias: str, queue_count: int) -> str:
+    """The ids of due runs (of ``queue_count`` queues, 0: any) in claim order, locked
+    without waiting where the database can: the claim's selection. Built once per
+    shape; the ORM took longer to build it than the database to run it."""
+    conn = connections[alias]
+    q = conn.ops.quote_name
+    sql = (f"SELECT {q('id')} FROM {q(Run._meta.db_table)} "
+           f"WHERE {q('status')} IN ({', '.join(['%s'] * len(CLAIMABLE))}) "
+           f"AND {q('run_after')} <= %s")
+    if queue_count:
+        sql += f" AND {q('queue')} IN ({', '.join(['%s'] * queue_count)})"
+    sql += f" ORDER BY {q('priority')} DESC, {q('run_after')}, {q('id')} LIMIT %s"
+    if conn.features.has_select_for_update_skip_locked:
+        sql += " FOR UPDATE SKIP LOCKED"
+    return sql
+
+
+def _prep_datetime(value: dt.datetime | None, conn: Any) -> Any:
+    """A datetime as the ORM hands it to the database (a string on SQLite)."""
+    return Run._meta.get_field("updated_at").get_db_prep_value(value, conn)
 
 
 def _finish_outcomes(
     outcomes: Sequence[Outcome], worker_id: str, now: dt.datetime, using: str
 ) -> list[Run]:
+    """Write the outcomes the lifecycle still allows; returns those runs (the caller
+    saves their events)."""
     by_id = {o.run_id: o for o in outcomes}
-    runs = Run.objects.using(using).select_for_update().filter(pk__in=list(by_id)).order_by("id")
+    # Lock and read only what the guard needs; the rest of each row is in memory.
+    current = (Run.objects.using(using).select_for_update().filter(pk__in=list(by_id))
+               .order_by("id").values_list("id", "status", "worker_id"))
+    unread = [o.run_id for o in outcomes if o.run is None]
+    loaded = Run.objects.using(using).in_bulk(unread) if unread else {}
     changed: list[Run] = []
     by_fields: dict[tuple[str, ...], list[Run]] = {}
-    for run in runs:
-        outcome = by_id[run.pk]
-        target = outcome_status(run.status, outcome.target)
-        if run.worker_id != worker_id or run.status not in ALLOWED_FROM[target]:
+    for run_id, status, owner in current:
+        outcome = by_id[run_id]
+        target = outcome_status(status, outcome.target)
+        if owner != worker_id or status not in ALLOWED_FROM[target]:
             continue
+        run = outcome.run or loaded[run_id]
+        run.status = status  # the claimed copy may predate a cancel request
         names = _assign(run, target, outcome.fields, now)
         by_fields.setdefault(tuple(sorted(names)), []).append(run)
         changed.append(run)
     for names, group in by_fields.items():
         _update_rows(group, names, using)
-    _save_events([_event(run, "status") for run in changed], using)
     return changed
 
 
@@ -371,35 +457,75 @@ def claim_run(run_id: int, worker_id: str) -> Run | None:
     using = _db()
     now = timezone.now()
     with transaction.atomic(using=using):
-        claimed = _claim_selected(Run.objects.using(using).filter(pk=run_id).values("id"),
-                                  worker_id, now, using)
+        q = connections[using].ops.quote_name
+        claimed = _claim_selected(
+            f"SELECT {q('id')} FROM {q(Run._meta.db_table)} WHERE {q('id')} = %s", [run_id],
+            worker_id, now, using,
+        )
+        _save_events([(run, "status") for run in claimed], using)
     return claimed[0] if claimed else None
 
 
 def _claim_selected(
-    selection: QuerySet[Run], worker_id: str, now: dt.datetime, using: str
+    sub_sql: str, sub_params: Sequence[Any], worker_id: str, now: dt.datetime, using: str
 ) -> list[Run]:
-    """Mark the runs ``selection`` (a ``values("id")`` query) picks as running for
+    """Mark the runs ``sub_sql`` (a query of run ids) picks as running for
     ``worker_id``, in ONE ``UPDATE … WHERE id IN (…) RETURNING`` statement (PostgreSQL,
     and SQLite ≥ 3.35): no separate id read and no reload. The UPDATE re-checks the
-    status, so a run is never claimed twice."""
+    status, so a run is never claimed twice. The caller saves the events."""
     conn = connections[using]
     q = conn.ops.quote_name
-    sub_sql, sub_params = selection.query.sql_with_params()
-    when = Run._meta.get_field("updated_at").get_db_prep_value(now, conn)
+    when = _prep_datetime(now, conn)
     claimable = sorted(CLAIMABLE)
     sql = (
         f"UPDATE {q(Run._meta.db_table)} SET {q('status')} = %s, {q('worker_id')} = %s, "
         f"{q('attempt')} = {q('attempt')} + 1, "
         f"{q('started_at')} = COALESCE({q('started_at')}, %s), {q('updated_at')} = %s "
         f"WHERE {q('id')} IN ({sub_sql}) "
-        f"AND {q('status')} IN ({', '.join(['%s'] * len(claimable))}) RETURNING *"
+        f"AND {q('status')} IN ({', '.join(['%s'] * len(claimable))}) "
+        f"RETURNING {_run_columns(conn)}"
     )
     params = [Status.RUNNING.value, worker_id, when, when, *sub_params, *claimable]
-    claimed = sorted(Run.objects.using(using).raw(sql, params),
-                     key=lambda run: (-run.priority, run.run_after, run.pk))
-    _save_events([_event(run, "status") for run in claimed], using)
+    with conn.cursor() as cursor:
+        cursor.execute(sql, params)
+        claimed = _runs_from_rows(cursor.fetchall(), using)
+    claimed.sort(key=lambda run: (-run.priority, run.run_after, run.pk))
     return claimed
+
+
+def _run_columns(conn: Any) -> str:
+    return _run_row_shape(conn.alias)[0]
+
+
+@functools.cache
+def _run_row_shape(alias: str) -> tuple[str, list[str], list[tuple[int, Any, list[Any]]]]:
+    """For rows of every ``Run`` column: the column list, the attribute names and the
+    ORM's converters per column (JSON, datetimes), worked out once per database."""
+    conn = connections[alias]
+    fields = Run._meta.concrete_fields
+    converters = []
+    for index, model_field in enumerate(fields):
+        col = model_field.get_col(Run._meta.db_table)
+        found = conn.ops.get_db_converters(col) + model_field.get_db_converters(conn)
+        if found:
+            converters.append((index, col, found))
+    columns = ", ".join(conn.ops.quote_name(f.column) for f in fields)
+    return columns, [f.attname for f in fields], converters
+
+
+def _runs_from_rows(rows: Iterable[Sequence[Any]], using: str) -> list[Run]:
+    """``Run`` instances from rows of :func:`_run_columns`, converted the way the ORM
+    converts them but without a queryset's per-row machinery."""
+    conn = connections[using]
+    _, attnames, converters = _run_row_shape(using)
+    runs = []
+    for row in rows:
+        values = list(row)
+        for index, col, found in converters:
+            for convert in found:
+                values[index] = convert(values[index], col, conn)
+        runs.append(Run.from_db(using, attnames, values))
+    return runs
 
 
 def requeue(run_ids: Iterable[int], reason: str = "") -> list[int]:

@@ -290,3 +290,25 @@ def test_a_retry_outcome_after_a_cancel_request_ends_canceled():
         [store.Outcome(run.pk, Status.RETRYING, {"run_after": later})], "w1", None, limit=0)
     assert [r.status for r in finished] == [Status.CANCELED]
     assert store.transition(running("w1", max_attempts=3).pk, Status.RETRYING).status == Status.RETRYING
+
+
+def test_created_runs_read_back_exactly_as_given():
+    # create_runs writes raw SQL (one JSON parameter): every column must survive it.
+    paris = dt.timezone(dt.timedelta(hours=1))
+    fields = dict(
+        args=[1, "two", None, [3.5]], kwargs={"nested": {"é": ["ü", 1e-7]}, "quote": "'\""},
+        queue="emails", priority=-3, timeout=2.5, max_attempts=4,
+        run_after=dt.datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=paris),
+        steps=[{"name": "a", "weight": 1, "state": "pending"}],
+        labels={"tenant": "ørsted", "k:v": "a,b"}, concurrency_key="ck", unique_key="u-1",
+    )
+    created = store.create_runs([store.NewRun(task_name="noop", **fields),
+                                 store.NewRun(task_name="add", kwargs={"a": 1, "b": 2})])
+    first, second = (Run.objects.get(pk=run.pk) for run in created)
+    for name, value in fields.items():
+        assert getattr(first, name) == value == getattr(created[0], name), name
+    assert first.created_at == created[0].created_at and first.status == Status.PENDING
+    assert (second.task_name, second.kwargs, second.queue) == ("add", {"a": 1, "b": 2}, "default")
+    assert second.pk > first.pk
+    # Each run got its own "created" event, carrying its state.
+    assert [e.data["id"] for e in RunEvent.objects.order_by("id")] == [first.pk, second.pk]

@@ -31,22 +31,32 @@ def in_thread(fn):
     return target
 
 
-def test_concurrent_claims_never_share_a_run():
-    store.create_runs([store.NewRun(task_name="noop", kwargs={"n": i}) for i in range(RUNS)])
-    claimed: dict[str, list[int]] = {f"w{i}": [] for i in range(THREADS)}
-    start = threading.Barrier(THREADS)
+def run_concurrently(fn, worker_ids) -> None:
+    """Call ``fn(worker_id)`` for every id at once, each on its own thread (and database
+    connection), and wait for all of them."""
+    start = threading.Barrier(len(worker_ids))
 
     @in_thread
-    def claim_all(worker_id):
+    def target(worker_id):
         start.wait()
-        while batch := store.claim(worker_id, None, limit=7):
-            claimed[worker_id] += [run.pk for run in batch]
+        fn(worker_id)
 
-    threads = [threading.Thread(target=claim_all, args=(w,)) for w in claimed]
+    threads = [threading.Thread(target=target, args=(w,)) for w in worker_ids]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(60)
+
+
+def test_concurrent_claims_never_share_a_run():
+    store.create_runs([store.NewRun(task_name="noop", kwargs={"n": i}) for i in range(RUNS)])
+    claimed: dict[str, list[int]] = {f"w{i}": [] for i in range(THREADS)}
+
+    def claim_all(worker_id):
+        while batch := store.claim(worker_id, None, limit=7):
+            claimed[worker_id] += [run.pk for run in batch]
+
+    run_concurrently(claim_all, list(claimed))
     counts = Counter(pk for ids in claimed.values() for pk in ids)
     assert len(counts) == RUNS and set(counts.values()) == {1}  # every run, exactly once
     assert sum(1 for ids in claimed.values() if ids) > 1  # the workers really overlapped
@@ -82,11 +92,8 @@ def test_a_claim_skips_rows_locked_by_another_transaction_instead_of_waiting():
 def test_settle_batches_outcomes_and_claims_without_sharing():
     store.create_runs([store.NewRun(task_name="noop") for _ in range(200)])
     claimed: dict[str, list[int]] = {f"w{i}": [] for i in range(4)}
-    start = threading.Barrier(4)
 
-    @in_thread
     def work(worker_id):
-        start.wait()
         outcomes = []
         while True:
             _, batch = store.settle(outcomes, worker_id, None, limit=5)
@@ -95,11 +102,24 @@ def test_settle_batches_outcomes_and_claims_without_sharing():
             claimed[worker_id] += [run.pk for run in batch]
             outcomes = [store.Outcome(run.pk, Status.COMPLETED, {"result": run.pk}) for run in batch]
 
-    threads = [threading.Thread(target=work, args=(w,)) for w in claimed]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    run_concurrently(work, list(claimed))
     counts = Counter(pk for ids in claimed.values() for pk in ids)
     assert len(counts) == 200 and set(counts.values()) == {1}
     assert Run.objects.filter(status=Status.COMPLETED).count() == 200
+
+
+def test_new_runs_notify_listening_workers_once_per_queue_at_commit():
+    wrapper = connection
+    wrapper.ensure_connection()
+    listener = wrapper.get_new_connection(wrapper.get_connection_params())
+    listener.autocommit = True
+    listener.execute(f"LISTEN {store.NOTIFY_CHANNEL}")
+    try:
+        with transaction.atomic():
+            store.create_runs([store.NewRun(task_name="noop", queue=q) for q in ["a", "b", "a"]])
+            # Nothing is announced before the runs are visible to workers.
+            assert list(listener.notifies(timeout=0.2)) == []
+        notified = [n.payload for n in listener.notifies(timeout=1, stop_after=2)]
+    finally:
+        listener.close()
+    assert sorted(notified) == ["a", "b"]

@@ -10,6 +10,7 @@ import ctypes
 import os
 import signal
 import time
+from collections import deque
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -49,12 +50,21 @@ def main(
 
     django.setup()
 
+    from django.db import router
+
     from .. import events
+    from ..models import Run
     from ..runner import execute
+    from .pool import decode
+
+    using = router.db_for_write(Run)
+
+    outcome: list[Any] = []  # what the current run's record() reported
 
     def record(run: Any, target: Any, fields: dict[str, Any]) -> Any:
-        # The supervisor writes outcomes in batches with its next claim (one commit).
-        conn.send(("outcome", run.pk, target, fields))
+        # The supervisor writes outcomes in batches with its next claim (one commit);
+        # this one travels with the run's "done".
+        outcome[:] = [target, fields]
         for name, value in fields.items():
             setattr(run, name, value)
         run.status = target
@@ -62,14 +72,18 @@ def main(
 
     conn.send(("ready", os.getpid()))
     last_run = time.monotonic()
+    inbox: deque[Any] = deque()
     while True:
-        try:
-            message: Any = conn.recv()
-        except (EOFError, OSError):
-            break
-        if message is None:
-            break
-        run = message
+        if not inbox:
+            try:
+                message: Any = conn.recv()
+            except (EOFError, OSError):
+                break
+            if message is None:
+                break
+            inbox.extend(message)  # the runs the supervisor queued here, pickled, in order
+            continue
+        run = decode(inbox.popleft(), using)
         if stop_flag.value:  # the worker drains: leave queued runs to other workers
             conn.send(("skipped", run.pk))
             continue
@@ -77,11 +91,12 @@ def main(
             # Keep the connection across runs (reconnecting costs more than a no-op run),
             # but after a pause make sure it survived (the database may have restarted).
             close_unusable_connection()
+        outcome.clear()
         try:
             execute(run.pk, worker_id, run=run, record=record)
         except Exception as exc:  # execute() records handler errors; this is our own failure
             conn.send(("error", run.pk, f"{type(exc).__name__}: {exc}"))
             continue
-        conn.send(("done", run.pk))
+        conn.send(("done", run.pk, *outcome))
         last_run = time.monotonic()
     events.pusher.flush()

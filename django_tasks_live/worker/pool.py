@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import pickle
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -19,11 +20,30 @@ from . import executor
 logger = logging.getLogger(__name__)
 _spawn = multiprocessing.get_context("spawn")
 
+# Bytes of queued, not yet begun runs a busy executor's pipe may hold: well under a
+# socket buffer, so sending to it never blocks the supervisor (a supervisor blocked
+# on a full pipe stops reading the executor's replies, and both would wait forever).
+PIPE_BUDGET = 64 * 1024
+
+_ATTNAMES = [f.attname for f in Run._meta.concrete_fields]
+
+
+def encode(run: Run) -> bytes:
+    """``run`` for an executor: its column values, pickled (a pickled model instance
+    costs the supervisor several times more). Its size counts against PIPE_BUDGET."""
+    return pickle.dumps(tuple(getattr(run, name) for name in _ATTNAMES), pickle.HIGHEST_PROTOCOL)
+
+
+def decode(data: bytes, using: str) -> Run:
+    """The run :func:`encode` packed (in the executor)."""
+    return Run.from_db(using, _ATTNAMES, pickle.loads(data))
+
 
 @dataclass
 class Assignment:
     run: Run
     timeout: float | None
+    size: int = 0  # bytes of its message
     started: float | None = None  # time.monotonic() when the executor began it
     deadline: float | None = None  # when it is killed (its timeout plus the grace period)
 
@@ -45,6 +65,7 @@ class Slot:
         self.worker_id = worker_id
         self.grace = grace
         self.queue: deque[Assignment] = deque()
+        self.queued_bytes = 0  # sizes of the runs in ``queue``, kept with it
         self.ready = False
         self._start()
 
@@ -60,6 +81,7 @@ class Slot:
         self.process.start()
         child_end.close()
         self.ready = False
+        self.unsent: list[bytes] = []  # assigned, not yet sent (see send())
 
     @property
     def current(self) -> Assignment | None:
@@ -68,12 +90,32 @@ class Slot:
     def has_room(self, depth: int) -> bool:
         return self.ready and len(self.queue) < depth and self.process.is_alive()
 
-    def assign(self, run: Run, timeout: float | None) -> None:
-        assignment = Assignment(run, timeout)
+    def can_take(self, size: int, depth: int) -> bool:
+        """Room for a run of ``size`` bytes: an idle executor is reading its pipe and takes
+        any size; a busy one only while its pipe stays within PIPE_BUDGET."""
+        if not self.has_room(depth):
+            return False
+        return not self.queue or self.waiting_bytes + size <= PIPE_BUDGET
+
+    @property
+    def waiting_bytes(self) -> int:
+        """Bytes of the runs queued behind the one executing (still in the pipe)."""
+        return self.queued_bytes - self.queue[0].size if self.queue else 0
+
+    def assign(self, run: Run, data: bytes, timeout: float | None) -> None:
+        """Queue ``run`` (``data``: :func:`encode` of it) here; :meth:`send` sends it."""
+        assignment = Assignment(run, timeout, len(data))
         if not self.queue:
             assignment.begin(self.grace)
         self.queue.append(assignment)
-        self.conn.send(run)
+        self.queued_bytes += assignment.size
+        self.unsent.append(data)
+
+    def send(self) -> None:
+        """Hand the runs assigned since the last call to the executor, in one message."""
+        if self.unsent:
+            batch, self.unsent = self.unsent, []
+            self.conn.send(batch)
 
     def finished(self, run_id: int) -> float | None:
         """The executor is done with ``run_id`` (the head); the next run begins.
@@ -81,6 +123,7 @@ class Slot:
         if not self.queue or self.queue[0].run.pk != run_id:
             return None
         done = self.queue.popleft()
+        self.queued_bytes -= done.size
         if self.queue:
             self.queue[0].begin(self.grace)
         return time.monotonic() - done.started if done.started is not None else None
@@ -91,6 +134,7 @@ class Slot:
             return None, []
         head, *waiting = self.queue
         self.queue.clear()
+        self.queued_bytes = 0
         return head, [a.run for a in waiting]
 
     def receive(self) -> tuple[Any, ...] | None:

@@ -26,6 +26,7 @@ from ..models import Run
 from ..registry import registry
 from ..runner import effective_timeout, resolve
 from ..states import Status
+from . import pool
 from .pool import Slot
 from .wakeup import Listener
 
@@ -234,8 +235,11 @@ class Supervisor:
             return 0
         now = time.monotonic()
         limit = self._capacity()
-        if limit < max(1, self.concurrency * self._depth() // 2):
-            return 0  # wait until a batch's worth is free: fewer, bigger claims
+        # Wait until a batch's worth is free (fewer, bigger claims); a batch is at most
+        # CLAIM_BATCH, or a wide worker would wait for room it can never claim at once.
+        batch = min(conf.get("CLAIM_BATCH"), self.concurrency * self._depth() // 2)
+        if limit < max(1, batch):
+            return 0
         if not (self._wake or now >= self._next_poll):
             return 0
         self._wake = False
@@ -246,13 +250,17 @@ class Supervisor:
     def _dispatch(self) -> None:
         """Hand buffered runs to executors, shortest queue first."""
         depth = self._depth()
-        while self.buffer:
-            open_slots = [slot for slot in self.slots if slot.has_room(depth)]
+        while self.buffer and any(slot.has_room(depth) for slot in self.slots):
+            run = self.buffer[0]
+            data = pool.encode(run)
+            open_slots = [slot for slot in self.slots if slot.can_take(len(data), depth)]
             if not open_slots:
-                return
+                break
             slot = min(open_slots, key=lambda s: len(s.queue))
-            run = self.buffer.popleft()
-            slot.assign(run, self._timeout_of(run))
+            self.buffer.popleft()
+            slot.assign(run, data, self._timeout_of(run))
+        for slot in self.slots:
+            slot.send()  # one message per executor and round: fewer pickles and syscalls
 
     def _requeue_not_started(self) -> None:
         """Draining: runs claimed but not begun go back to pending for other workers
@@ -326,8 +334,6 @@ class Supervisor:
         kind = message[0]
         if kind == "ready":
             slot.ready = True
-        elif kind == "outcome":
-            self.outcomes.append(store.Outcome(*message[1:]))
         elif kind == "skipped":
             slot.finished(message[1])
             store.requeue([message[1]])
@@ -335,6 +341,10 @@ class Supervisor:
             if kind == "error":
                 logger.error("Executor failed on run %s: %s", message[1], message[2])
                 store.release(message[1], "ExecutorError", message[2])
+            elif len(message) > 2:  # ("done", run id, target, fields): its outcome
+                head = slot.current
+                claimed = head.run if head is not None and head.run.pk == message[1] else None
+                self.outcomes.append(store.Outcome(*message[1:], run=claimed))
             took = slot.finished(message[1])
             if took is not None:
                 self.avg_run_seconds += 0.2 * (took - self.avg_run_seconds)

@@ -41,6 +41,18 @@ def test_four_workers_run_every_run_exactly_once(tmp_path, _calls_dir):
     assert [e.status for e in run.events.order_by("id")] == ["pending", "running", "completed"]
 
 
+def test_large_arguments_and_results_do_not_jam_the_executor_pipes(tmp_path):
+    # Many runs queued on one executor, each far larger than a pipe buffer, both ways:
+    # the supervisor's sends must never wait on an executor that waits on the supervisor.
+    payload = "x" * 200_000
+    runs = tasks_live.start_many([("echo", {"payload": payload})] * 60)
+    with children(tmp_path) as spawn:
+        worker = spawn(worker_args("--concurrency", "1", "--burst"))
+        assert worker.wait(120) == 0, worker.output()
+    done = store.runs(run_ids=[r.pk for r in runs])
+    assert {(r.status, len(r.result)) for r in done} == {(Status.COMPLETED, len(payload))}
+
+
 def test_sigkilled_worker_is_recovered_by_another(tmp_path, _calls_dir):
     run = tasks_live.start("resumable", seconds=1.0)
     last_try = tasks_live.start("sleepy", seconds=1.0)  # no retries left: fails "worker lost"

@@ -22,6 +22,11 @@ def noop(ctx, n: int = 0):
     return n
 
 
+@task("echo")
+def echo(ctx, payload: str = ""):
+    return payload
+
+
 @task("add")
 def add(ctx, a: int, b: int):
     return a + b
