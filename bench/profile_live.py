@@ -58,7 +58,9 @@ def main() -> None:
         cmd = [py, "-m", "django", "tasks_worker", "--burst",
                "--concurrency", str(args.concurrency)]
         if args.py_spy:
-            cmd = [str(Path(py).parent / "py-spy"), "record", "--subprocesses", "--nonblocking", "--gil",
+            # PYSPY_EXTRA="--idle" samples wall time (waits included) instead of GIL time.
+            extra = os.environ.get("PYSPY_EXTRA", "--gil").split()
+            cmd = [str(Path(py).parent / "py-spy"), "record", "--subprocesses", "--nonblocking", *extra,
                    "-r", "250", "-f", "raw", "-o", str(args.py_spy), "--", *cmd]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.monotonic()
