@@ -118,12 +118,13 @@ def _json_datetime(value: dt.datetime | None, conn: Any) -> str | None:
     return prepared.isoformat() if isinstance(prepared, dt.datetime) else prepared
 
 
-def _json_row(run: Run, conn: Any) -> dict[str, Any]:
-    """``run``'s columns (all but the id) as :func:`_insert_rows` takes them."""
+def _json_row(run: Run, conn: Any, fields: Sequence[Any] | None = None) -> dict[str, Any]:
+    """``run``'s columns (``fields``, default all but the id) as JSON-ready values, the
+    way :func:`_insert_rows` and :func:`_update_rows` send them."""
+    if fields is None:
+        fields = [f for f in Run._meta.concrete_fields if not f.primary_key]
     row = {}
-    for model_field in Run._meta.concrete_fields:
-        if model_field.primary_key:
-            continue
+    for model_field in fields:
         value = getattr(run, model_field.attname)
         if isinstance(model_field, DateTimeField):
             value = _json_datetime(value, conn)
@@ -437,13 +438,28 @@ def _finish_outcomes(
 
 
 def _update_rows(rows: Sequence[Run], names: Sequence[str], using: str) -> None:
-    """``UPDATE`` the same columns of many rows with one executemany (psycopg pipelines
-    it into one round trip); Django's bulk_update builds a CASE per field and row."""
+    """``UPDATE`` the same columns of many rows; Django's bulk_update would build a CASE
+    per field and row.
+
+    PostgreSQL: ONE statement whose new values arrive as one JSON parameter (one
+    statement to plan and run instead of one per row: a third of the database's CPU
+    per run). SQLite: an executemany, which costs no round trips there.
+    """
     conn = connections[using]
     quote = conn.ops.quote_name
+    table = quote(Run._meta.db_table)
     fields = [Run._meta.get_field(name) for name in names]
+    if conn.vendor == "postgresql":
+        sets = ", ".join(f"{quote(field.column)} = x.{quote(field.column)}" for field in fields)
+        data = [{"id": run.pk, **_json_row(run, conn, fields)} for run in rows]
+        sql = (f"UPDATE {table} SET {sets} "
+               f"FROM jsonb_populate_recordset(NULL::{table}, %s::jsonb) AS x "
+               f"WHERE {table}.{quote('id')} = x.{quote('id')}")
+        with conn.cursor() as cursor:
+            cursor.execute(sql, [json.dumps(data, separators=(",", ":"))])
+        return
     sets = ", ".join(f"{quote(field.column)} = %s" for field in fields)
-    sql = f"UPDATE {quote(Run._meta.db_table)} SET {sets} WHERE {quote('id')} = %s"
+    sql = f"UPDATE {table} SET {sets} WHERE {quote('id')} = %s"
     params = [
         [field.get_db_prep_save(getattr(run, field.attname), conn) for field in fields] + [run.pk]
         for run in rows

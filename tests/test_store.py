@@ -275,6 +275,31 @@ def test_settle_writes_outcomes_and_claims_in_one_go():
     assert kinds(done)[-1] == ("status", "completed")
 
 
+def test_settled_outcomes_read_back_exactly_as_reported():
+    # Outcomes are written by raw SQL (on PostgreSQL one UPDATE whose values are one
+    # JSON parameter): every JSON shape of a result and every field must survive it.
+    results = [None, "text 'quoted' \"é\"", 0, -2.5e-9, True, [], {}, [None, {"k": [1]}]]
+    runs = [running("w1") for _ in results]
+    failed = running("w1", max_attempts=1)
+    at = dt.datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=dt.timezone(dt.timedelta(hours=-3)))
+    outcomes = [store.Outcome(run.pk, Status.COMPLETED,
+                              {"result": result, "progress_current": 7, "progress_message": "ok"})
+                for run, result in zip(runs, results, strict=True)]
+    outcomes.append(store.Outcome(failed.pk, Status.FAILED, {
+        "error_type": "ValueError", "error": "bad\nline", "finished_at": at,
+        "steps": [{"name": "a", "state": "failed"}]}))
+    finished, _ = store.settle(outcomes, "w1", None, limit=0)
+    assert len(finished) == len(outcomes)
+    for run, result in zip(runs, results, strict=True):
+        row = Run.objects.get(pk=run.pk)
+        assert (row.status, row.result, row.progress_current, row.progress_message) == (
+            Status.COMPLETED, result, 7, "ok")
+    row = Run.objects.get(pk=failed.pk)
+    assert (row.status, row.error_type, row.error, row.finished_at, row.steps) == (
+        Status.FAILED, "ValueError", "bad\nline", at, [{"name": "a", "state": "failed"}])
+    assert Run.objects.filter(pk=runs[0].pk, result__isnull=True).exists()  # SQL NULL, as the ORM
+
+
 def test_settle_ignores_outcomes_of_runs_that_are_no_longer_this_workers():
     run = running("w1")
     store.recover_lost_runs(30, worker_id="w1")  # rescued meanwhile
