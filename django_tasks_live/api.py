@@ -15,6 +15,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from . import store
+from .jsonvalues import ensure_json
 from .models import Run
 from .registry import TaskSpec, registry
 from .states import CLAIMABLE, TERMINAL, IllegalTransition, Status
@@ -24,34 +25,11 @@ MAX_NAME = 100
 Call = tuple[str, Mapping[str, Any]] | tuple[str, Sequence[Any], Mapping[str, Any]]
 
 
-def ensure_json(value: Any, where: str) -> None:
-    """Raise ``TypeError`` naming the offending part unless ``value`` is plain JSON."""
-    if value is None or isinstance(value, bool | str | int):
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise TypeError(f"{where} is {value!r}, which JSON cannot represent.")
-        return
-    if isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            ensure_json(item, f"{where}[{i}]")
-        return
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise TypeError(f"{where} has key {key!r}; JSON object keys must be strings.")
-            ensure_json(item, f"{where}[{key!r}]")
-        return
-    raise TypeError(
-        f"{where} is a {type(value).__name__}, which is not JSON-serializable; "
-        "pass plain JSON values (str, int, float, bool, None, list, dict)."
-    )
-
-
 def _check_name(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not value or len(value) > MAX_NAME:
+    if not isinstance(value, str) or not value or len(value) > MAX_NAME or "\x00" in value:
         raise ValueError(
-            f"{what} must be a non-empty string of at most {MAX_NAME} characters, got {value!r}."
+            f"{what} must be a non-empty string of at most {MAX_NAME} characters "
+            f"(no NUL), got {value!r}."
         )
     return value
 
@@ -123,6 +101,7 @@ class StartOptions:
                 raise ValueError(
                     f"labels must map non-empty strings without ':' to strings, got {key!r}: {value!r}."
                 )
+        ensure_json(dict(self.labels), "labels")
         if self.unique_key is not None:
             _check_name(self.unique_key, "unique_key")
 

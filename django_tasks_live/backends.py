@@ -73,7 +73,7 @@ class LiveTasksBackend(BaseTaskBackend):
 
 
 def _create(task: Task, args: list[Any], kwargs: dict[str, Any], alias: str) -> Run:
-    from .api import ensure_json
+    from .jsonvalues import ensure_json
 
     ensure_json(list(args), "args")
     ensure_json(dict(kwargs), "kwargs")

@@ -16,6 +16,7 @@ from typing import Any
 from django.db import DatabaseError, close_old_connections
 
 from . import conf, events, store
+from .jsonvalues import storable_text
 from .states import ACTIVE, Status
 
 logger = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ class TaskContext:
         if total is not None and total < 0:
             raise ValueError(f"progress total must be >= 0, got {total!r}.")
         if message is not None:
-            self._fields["progress_message"] = str(message)[:2000]
+            self._fields["progress_message"] = storable_text(str(message))[:2000]
         if current is not None:
             self._fields["progress_current"] = float(current)
         if total is not None:
@@ -130,7 +131,7 @@ class TaskContext:
                 step["state"] = "running"
         self._fields.update(progress_current=None, progress_total=None, steps=self._steps)
         if message is not None:
-            self._fields["progress_message"] = str(message)[:2000]
+            self._fields["progress_message"] = storable_text(str(message))[:2000]
         self._fields["percent"] = self._percent()
         self._dirty = True
         self._maybe_write(force=True)

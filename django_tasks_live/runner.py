@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import logging
 import random
 import time
@@ -21,6 +20,7 @@ from django.utils import timezone
 
 from . import conf, store
 from .context import Canceled, TaskContext, TaskTimeout
+from .jsonvalues import ensure_json, storable_text
 from .models import Run
 from .registry import TaskSpec, UnknownTask, registry
 from .states import CLAIMABLE, Status
@@ -111,9 +111,9 @@ def execute(
     finally:
         ctx.unbind(token)
     try:
-        json.dumps(result, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        bad = TypeError(f"Task {run.task_name!r} returned a value that is not JSON: {exc}")
+        ensure_json(result, "the result")
+    except TypeError as exc:
+        bad = TypeError(f"Task {run.task_name!r} returned a value that cannot be stored: {exc}")
         return _finish(record, run, ctx, Status.FAILED, exc=bad)
     return _finish(record, run, ctx, Status.COMPLETED, result=result)
 
@@ -132,19 +132,22 @@ def _call(spec: TaskSpec, ctx: TaskContext, run: Run, timeout: float | None) -> 
 def _error_fields(run: Run, exc: BaseException) -> dict[str, Any]:
     exc_type = type(exc)
     type_path = f"{exc_type.__module__}.{exc_type.__qualname__}"
-    tb = "".join(traceback.format_exception(exc))
+    # Exception text is whatever the handler made it: keep it storable (no NUL).
+    tb = storable_text("".join(traceback.format_exception(exc)))[-20_000:]
+    message = storable_text(str(exc))[:2000]
+    type_path = storable_text(type_path)[:300]
     entry = {
         "attempt": run.attempt,
         "type": type_path,
-        "message": str(exc)[:2000],
-        "traceback": tb[-20_000:],
+        "message": message,
+        "traceback": tb,
         "worker": run.worker_id,
         "at": timezone.now().isoformat(),
     }
     return {
-        "error": str(exc)[:2000] or exc_type.__name__,
+        "error": message or exc_type.__name__,
         "error_type": type_path,
-        "traceback": tb[-20_000:],
+        "traceback": tb,
         "errors": [*run.errors, entry],
     }
 

@@ -192,7 +192,7 @@ def create_schedule(
     enabled: bool = True,
 ) -> Schedule:
     """Validate and save a cron schedule; raises ``ValidationError`` saying what is wrong."""
-    from .api import ensure_json
+    from .jsonvalues import ensure_json
 
     kwargs = {} if kwargs is None else kwargs
     if not isinstance(kwargs, Mapping):

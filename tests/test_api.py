@@ -65,6 +65,9 @@ def test_using_run_after():
     (lambda: tasks_live.start("add", {1, 2}, b=1), TypeError, r"args\[0\] is a set"),
     (lambda: tasks_live.start("noop", n=float("nan")), TypeError, "JSON cannot represent"),
     (lambda: tasks_live.start("noop", n={1: "x"}), TypeError, "JSON object keys must be strings"),
+    (lambda: tasks_live.start("echo", payload="a\x00b"), TypeError,
+     r"kwargs\['payload'\] contains a NUL character"),
+    (lambda: tasks_live.start("noop", n={"k\x00": 1}), TypeError, r"key 'k\\x00' contains a NUL"),
 ])
 def test_start_refuses_bad_input_and_writes_nothing(call, error, message):
     with pytest.raises(error, match=message):
@@ -75,6 +78,8 @@ def test_start_refuses_bad_input_and_writes_nothing(call, error, message):
 @pytest.mark.parametrize("options,error,message", [
     ({"queue": ""}, ValueError, "queue must be a non-empty string"),
     ({"queue": "q" * 101}, ValueError, "at most 100 characters"),
+    ({"queue": "q\x00"}, ValueError, "no NUL"),
+    ({"labels": {"k": "v\x00"}}, TypeError, r"labels\['k'\] contains a NUL character"),
     ({"priority": 101}, ValueError, "priority must be an integer from -100 to 100"),
     ({"priority": True}, ValueError, "priority must be an integer"),
     ({"priority": "1"}, ValueError, "priority must be an integer"),

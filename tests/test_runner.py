@@ -63,7 +63,21 @@ def test_an_exception_without_message_is_named_by_its_class():
 def test_a_result_that_is_not_json_fails_the_run():
     run = run_now("bad-result")
     assert run.status == Status.FAILED and run.error_type == "builtins.TypeError"
-    assert "'bad-result' returned a value that is not JSON" in run.error
+    assert "'bad-result' returned a value that cannot be stored" in run.error
+    assert "the result is a set, which is not JSON-serializable" in run.error
+
+
+def test_text_with_nul_characters_never_wedges_a_write():
+    # PostgreSQL stores no NUL character: a result with one fails its run clearly,
+    # while exception and progress text a handler produces is stored with U+FFFD.
+    run = run_now("nul-text", where="result")
+    assert run.status == Status.FAILED
+    assert "the result contains a NUL character" in run.error
+    run = run_now("nul-text", where="error")
+    assert (run.status, run.error) == (Status.FAILED, "bad\ufffdinput")
+    assert run.errors[-1]["message"] == "bad\ufffdinput"
+    run = run_now("nul-text", where="progress")
+    assert (run.status, run.progress_message) == (Status.COMPLETED, "half\ufffdway")
 
 
 def test_an_unknown_task_fails_the_run():

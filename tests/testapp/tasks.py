@@ -93,6 +93,16 @@ def bad_result(ctx):
     return {1, 2}
 
 
+@task("nul-text")
+def nul_text(ctx, where: str):
+    """Text with a NUL character (PostgreSQL refuses it) from every place a handler writes."""
+    if where == "progress":
+        ctx.progress("half\x00way", 1, 2)
+    if where == "error":
+        raise ValueError("bad\x00input")
+    return "a\x00b" if where == "result" else "ok"
+
+
 @task("every-minute", cron="* * * * *")
 def every_minute(ctx):
     _record("every-minute", str(ctx.run.id))
