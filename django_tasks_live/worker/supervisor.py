@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from multiprocessing.connection import wait
 from typing import Any, TextIO
 
-from django.db import DatabaseError, close_old_connections, router
+from django.db import DatabaseError, DataError, IntegrityError, close_old_connections, router
 
 from .. import conf, store
 from ..models import Run
@@ -222,6 +222,12 @@ class Supervisor:
         outcomes, self.outcomes = self.outcomes, []
         try:
             _, claimed = store.settle(outcomes, self.id, self.queues, limit)
+        except (DataError, IntegrityError) as exc:
+            # Not an outage: retrying the same batch would fail forever and wedge the
+            # worker. Write the outcomes one by one; a refused one fails its run.
+            logger.error("A batch of outcomes was refused (%s); writing them one by one", exc)
+            self._settle_one_by_one(outcomes)
+            return
         except DatabaseError:
             self.outcomes = outcomes + self.outcomes  # keep them for the next round
             raise
@@ -229,6 +235,15 @@ class Supervisor:
         self.buffer.extend(claimed)
         if limit and len(claimed) == limit:
             self._wake = True  # probably more waiting
+
+    def _settle_one_by_one(self, outcomes: list[store.Outcome]) -> None:
+        for outcome in outcomes:
+            try:
+                store.settle([outcome], self.id, self.queues, 0)
+            except (DataError, IntegrityError) as exc:
+                logger.error("Run %s: its outcome could not be stored: %s", outcome.run_id, exc)
+                store.end_killed_run(outcome.run_id, Status.FAILED, "OutcomeNotStored",
+                                     f"the run's outcome could not be stored: {exc}"[:2000])
 
     def _claim_limit(self) -> int:
         if self.draining or self._limit_reached():

@@ -1,11 +1,16 @@
-"""How much the supervisor claims at once (no processes: the sizing logic alone)."""
+"""The supervisor without executor processes: how much it claims at once, and how it
+writes outcomes the database refuses."""
 
 from collections import deque
 from types import SimpleNamespace
 
 import pytest
 
+from django_tasks_live import store
+from django_tasks_live.models import Run
+from django_tasks_live.states import Status
 from django_tasks_live.worker.supervisor import PIPELINE_SECONDS, Supervisor
+from tests.support.db import requires_postgres
 
 
 def supervisor_with(concurrency: int, avg_run_seconds: float) -> Supervisor:
@@ -41,3 +46,22 @@ def test_a_wide_worker_keeps_claiming_when_its_room_exceeds_one_claim(settings, 
     supervisor = supervisor_with(concurrency=concurrency, avg_run_seconds=PIPELINE_SECONDS / 100)
     supervisor.buffer.extend(range(concurrency * 17 - 50))  # room for exactly one claim
     assert supervisor._claim_limit() == 50
+
+
+@requires_postgres
+@pytest.mark.django_db(transaction=True)
+def test_an_outcome_the_database_refuses_fails_its_run_and_the_rest_are_written():
+    # PostgreSQL refuses a NUL character: retrying the batch would fail forever.
+    good, bad = (store.claim_run(store.create_runs([store.NewRun("noop")])[0].pk, "w1")
+                 for _ in range(2))
+    supervisor = Supervisor(worker_id="w1")
+    supervisor.outcomes = [
+        store.Outcome(good.pk, Status.COMPLETED, {"result": 1}),
+        store.Outcome(bad.pk, Status.COMPLETED, {"progress_message": "x\x00"}),
+    ]
+    supervisor._settle()
+    assert supervisor.outcomes == []
+    good, bad = (Run.objects.get(pk=run.pk) for run in (good, bad))
+    assert (good.status, good.result) == (Status.COMPLETED, 1)
+    assert (bad.status, bad.error_type) == (Status.FAILED, "OutcomeNotStored")
+    assert "could not be stored" in bad.error
