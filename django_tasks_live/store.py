@@ -72,16 +72,28 @@ def _save_events(changes: Sequence[tuple[Run, str]], using: str) -> None:
     them to the channel layer after commit."""
     if not changes:
         return
-    conn = connections[using]
+    rows, states = _event_rows(changes, connections[using])
+    _publish_events(_insert_rows(RunEvent, rows, using), changes, states, using)
+
+
+def _event_rows(
+    changes: Sequence[tuple[Run, str]], conn: Any
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The ``RunEvent`` rows (JSON-ready) for (run, kind) pairs, and the states they carry."""
     now = _json_datetime(timezone.now(), conn)
     states = [run.to_state() for run, _ in changes]
-    ids = _insert_rows(RunEvent, [
-        {"run_id": run.pk, "kind": kind, "status": run.status, "data": state, "created_at": now}
-        for (run, kind), state in zip(changes, states, strict=True)
-    ], using)
+    rows = [{"run_id": run.pk, "kind": kind, "status": run.status, "data": state, "created_at": now}
+            for (run, kind), state in zip(changes, states, strict=True)]
+    return rows, states
+
+
+def _publish_events(
+    event_ids: Sequence[int], changes: Sequence[tuple[Run, str]],
+    states: Sequence[dict[str, Any]], using: str,
+) -> None:
     events.publish(
         (events.message(event_id, kind, state, run.owner_id)
-         for event_id, (run, kind), state in zip(ids, changes, states, strict=True)),
+         for event_id, (run, kind), state in zip(event_ids, changes, states, strict=True)),
         using=using,
     )
 
@@ -149,14 +161,62 @@ def create_runs(new_runs: Sequence[NewRun]) -> list[Run]:
         )
         for new in new_runs
     ]
+    if conn.vendor == "postgresql":
+        _insert_runs_with_events(created, using)
+        return created
     with transaction.atomic(using=using):
-        ids = _insert_rows(Run, [_json_row(run, conn) for run in created], using)
-        for run, run_id in zip(created, ids, strict=True):
-            run.pk = run_id
-            run._state.adding, run._state.db = False, using
+        _set_ids(created, _insert_rows(Run, [_json_row(run, conn) for run in created], using),
+                 using)
         _save_events([(run, "created") for run in created], using)
-        # PostgreSQL: a trigger (migration 0002) NOTIFYs idle workers at commit.
     return created
+
+
+def _set_ids(created: Sequence[Run], ids: Sequence[int], using: str) -> None:
+    for run, run_id in zip(created, ids, strict=True):
+        run.pk = run_id
+        run._state.adding, run._state.db = False, using
+
+
+def _insert_runs_with_events(created: Sequence[Run], using: str) -> None:
+    """PostgreSQL: insert runs and their ``created`` events in ONE statement, so that
+    outside a transaction ``start()`` is one round trip and one commit.
+
+    A data-modifying CTE inserts the runs; the events take their states (built here,
+    before the ids exist) with each run's id set in SQL. Ids come from the sequence in
+    insertion order, which pairs the n-th new id with the n-th event. At commit, a
+    trigger (migration 0002) NOTIFYs idle workers.
+    """
+    conn = connections[using]
+    q = conn.ops.quote_name
+    runs, events_table = q(Run._meta.db_table), q(RunEvent._meta.db_table)
+    run_rows = [_json_row(run, conn) for run in created]
+    changes = [(run, "created") for run in created]
+    event_rows, states = _event_rows(changes, conn)
+    run_cols = ", ".join(q(c) for c in run_rows[0])
+    event_cols = [c for c in event_rows[0] if c not in ("run_id", "data")]
+    picks = ", ".join(f"e.{q(c)}" for c in event_cols)
+    sql = (
+        f"WITH new_runs AS (INSERT INTO {runs} ({run_cols}) "
+        f"SELECT {run_cols} FROM jsonb_populate_recordset(NULL::{runs}, %s::jsonb) "
+        f"WITH ORDINALITY AS x ORDER BY x.ordinality RETURNING {q('id')}), "
+        f"numbered AS (SELECT {q('id')}, row_number() OVER (ORDER BY {q('id')}) AS n "
+        f"FROM new_runs) "
+        f"INSERT INTO {events_table} ({q('run_id')}, {q('data')}, "
+        f"{', '.join(q(c) for c in event_cols)}) "
+        f"SELECT numbered.{q('id')}, jsonb_set(e.{q('data')}, '{{id}}', "
+        f"to_jsonb(numbered.{q('id')})), {picks} "
+        f"FROM numbered JOIN jsonb_populate_recordset(NULL::{events_table}, %s::jsonb) "
+        f"WITH ORDINALITY AS e ON e.ordinality = numbered.n ORDER BY numbered.n "
+        f"RETURNING {q('run_id')}, {q('id')}"
+    )
+    dumps = functools.partial(json.dumps, separators=(",", ":"))
+    with conn.cursor() as cursor:
+        cursor.execute(sql, [dumps(run_rows), dumps(event_rows)])
+        event_of = dict(cursor.fetchall())
+    _set_ids(created, sorted(event_of), using)
+    for run, state in zip(created, states, strict=True):
+        state["id"] = run.pk
+    _publish_events([event_of[run.pk] for run in created], changes, states, using)
 
 
 def create_run_once(new: NewRun) -> Run | None:
