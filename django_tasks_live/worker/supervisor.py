@@ -245,17 +245,20 @@ class Supervisor:
                 store.end_killed_run(outcome.run_id, Status.FAILED, "OutcomeNotStored",
                                      f"the run's outcome could not be stored: {exc}"[:2000])
 
-    def _claim_limit(self) -> int:
+    def _claim_room(self) -> int:
+        """How many runs a claim would take now: 0 until a batch's worth is free (fewer,
+        bigger claims). A batch is at most CLAIM_BATCH, or a wide worker would wait for
+        room it can never claim at once."""
         if self.draining or self._limit_reached():
             return 0
-        now = time.monotonic()
         limit = self._capacity()
-        # Wait until a batch's worth is free (fewer, bigger claims); a batch is at most
-        # CLAIM_BATCH, or a wide worker would wait for room it can never claim at once.
         batch = min(conf.get("CLAIM_BATCH"), self.concurrency * self._depth() // 2)
-        if limit < max(1, batch):
-            return 0
-        if not (self._wake or now >= self._next_poll):
+        return limit if limit >= max(1, batch) else 0
+
+    def _claim_limit(self) -> int:
+        limit = self._claim_room()
+        now = time.monotonic()
+        if not limit or not (self._wake or now >= self._next_poll):
             return 0
         self._wake = False
         poll = conf.get("PG_POLL_INTERVAL" if self.listener.active else "POLL_INTERVAL")
@@ -301,7 +304,9 @@ class Supervisor:
         return not store.has_due(self.queues)
 
     def _wait_for_events(self) -> None:
-        if self.exit_now or self.outcomes or (self._wake and self._capacity()):
+        # Only what _settle() would act on ends the wait at once (no spinning while
+        # the free room is less than a batch).
+        if self.exit_now or self.outcomes or (self._wake and self._claim_room()):
             timeout = 0.0
         else:
             timeout = max(0.0, self._next_poll - time.monotonic())
