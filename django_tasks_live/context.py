@@ -22,6 +22,11 @@ from .states import ACTIVE, Status
 logger = logging.getLogger(__name__)
 
 
+def _message_text(message: Any) -> str:
+    """A progress message as stored: text, storable (no NUL), at most 2,000 characters."""
+    return storable_text(str(message))[:2000]
+
+
 class Canceled(Exception):
     """Raised by ``ctx.check()`` when a cancel was requested for the run."""
 
@@ -108,7 +113,7 @@ class TaskContext:
         if total is not None and total < 0:
             raise ValueError(f"progress total must be >= 0, got {total!r}.")
         if message is not None:
-            self._fields["progress_message"] = storable_text(str(message))[:2000]
+            self._fields["progress_message"] = _message_text(message)
         if current is not None:
             self._fields["progress_current"] = float(current)
         if total is not None:
@@ -131,7 +136,7 @@ class TaskContext:
                 step["state"] = "running"
         self._fields.update(progress_current=None, progress_total=None, steps=self._steps)
         if message is not None:
-            self._fields["progress_message"] = storable_text(str(message))[:2000]
+            self._fields["progress_message"] = _message_text(message)
         self._fields["percent"] = self._percent()
         self._dirty = True
         self._maybe_write(force=True)

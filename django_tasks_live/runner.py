@@ -131,11 +131,10 @@ def _call(spec: TaskSpec, ctx: TaskContext, run: Run, timeout: float | None) -> 
 
 def _error_fields(run: Run, exc: BaseException) -> dict[str, Any]:
     exc_type = type(exc)
-    type_path = f"{exc_type.__module__}.{exc_type.__qualname__}"
     # Exception text is whatever the handler made it: keep it storable (no NUL).
+    type_path = storable_text(f"{exc_type.__module__}.{exc_type.__qualname__}")[:300]
     tb = storable_text("".join(traceback.format_exception(exc)))[-20_000:]
     message = storable_text(str(exc))[:2000]
-    type_path = storable_text(type_path)[:300]
     entry = {
         "attempt": run.attempt,
         "type": type_path,

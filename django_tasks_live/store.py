@@ -107,9 +107,17 @@ def _insert_rows(model: Any, rows: Sequence[dict[str, Any]], using: str) -> list
     the worker's hottest write and the body of ``start()``).
     """
     conn = connections[using]
+    sql = f"{_insert_sql(model, list(rows[0]), conn)} RETURNING {conn.ops.quote_name('id')}"
+    with conn.cursor() as cursor:
+        cursor.execute(sql, [_json_param(rows)])
+        return [row[0] for row in cursor.fetchall()]
+
+
+def _insert_sql(model: Any, columns: Sequence[str], conn: Any) -> str:
+    """``INSERT`` of ``columns`` into ``model``'s table, the rows taken in order from
+    one JSON parameter (a list of objects)."""
     q = conn.ops.quote_name
     table = q(model._meta.db_table)
-    columns = list(rows[0])
     names = ", ".join(q(c) for c in columns)
     if conn.vendor == "postgresql":
         select = (f"SELECT {names} FROM jsonb_populate_recordset(NULL::{table}, %s::jsonb) "
@@ -117,10 +125,12 @@ def _insert_rows(model: Any, rows: Sequence[dict[str, Any]], using: str) -> list
     else:
         picks = ", ".join(f"json_extract(value, '$.{c}')" for c in columns)
         select = f"SELECT {picks} FROM json_each(%s) ORDER BY key"
-    sql = f"INSERT INTO {table} ({names}) {select} RETURNING {q('id')}"
-    with conn.cursor() as cursor:
-        cursor.execute(sql, [json.dumps(rows, separators=(",", ":"))])
-        return [row[0] for row in cursor.fetchall()]
+    return f"INSERT INTO {table} ({names}) {select}"
+
+
+def _json_param(value: Any) -> str:
+    """``value`` as the one JSON parameter of a batched statement (compact text)."""
+    return json.dumps(value, separators=(",", ":"))
 
 
 def _json_datetime(value: dt.datetime | None, conn: Any) -> str | None:
@@ -188,17 +198,14 @@ def _insert_runs_with_events(created: Sequence[Run], using: str) -> None:
     """
     conn = connections[using]
     q = conn.ops.quote_name
-    runs, events_table = q(Run._meta.db_table), q(RunEvent._meta.db_table)
+    events_table = q(RunEvent._meta.db_table)
     run_rows = [_json_row(run, conn) for run in created]
     changes = [(run, "created") for run in created]
     event_rows, states = _event_rows(changes, conn)
-    run_cols = ", ".join(q(c) for c in run_rows[0])
     event_cols = [c for c in event_rows[0] if c not in ("run_id", "data")]
     picks = ", ".join(f"e.{q(c)}" for c in event_cols)
     sql = (
-        f"WITH new_runs AS (INSERT INTO {runs} ({run_cols}) "
-        f"SELECT {run_cols} FROM jsonb_populate_recordset(NULL::{runs}, %s::jsonb) "
-        f"WITH ORDINALITY AS x ORDER BY x.ordinality RETURNING {q('id')}), "
+        f"WITH new_runs AS ({_insert_sql(Run, list(run_rows[0]), conn)} RETURNING {q('id')}), "
         f"numbered AS (SELECT {q('id')}, row_number() OVER (ORDER BY {q('id')}) AS n "
         f"FROM new_runs) "
         f"INSERT INTO {events_table} ({q('run_id')}, {q('data')}, "
@@ -209,9 +216,8 @@ def _insert_runs_with_events(created: Sequence[Run], using: str) -> None:
         f"WITH ORDINALITY AS e ON e.ordinality = numbered.n ORDER BY numbered.n "
         f"RETURNING {q('run_id')}, {q('id')}"
     )
-    dumps = functools.partial(json.dumps, separators=(",", ":"))
     with conn.cursor() as cursor:
-        cursor.execute(sql, [dumps(run_rows), dumps(event_rows)])
+        cursor.execute(sql, [_json_param(run_rows), _json_param(event_rows)])
         event_of = dict(cursor.fetchall())
     _set_ids(created, sorted(event_of), using)
     for run, state in zip(created, states, strict=True):
@@ -516,7 +522,7 @@ def _update_rows(rows: Sequence[Run], names: Sequence[str], using: str) -> None:
                f"FROM jsonb_populate_recordset(NULL::{table}, %s::jsonb) AS x "
                f"WHERE {table}.{quote('id')} = x.{quote('id')}")
         with conn.cursor() as cursor:
-            cursor.execute(sql, [json.dumps(data, separators=(",", ":"))])
+            cursor.execute(sql, [_json_param(data)])
         return
     sets = ", ".join(f"{quote(field.column)} = %s" for field in fields)
     sql = f"UPDATE {table} SET {sets} WHERE {quote('id')} = %s"
