@@ -38,10 +38,8 @@ def main() -> None:
     django.setup()
     from django.core.management import call_command
     from django.db import connection, transaction
-    from django.utils import timezone
 
     from django_tasks_live import store
-    from django_tasks_live.models import Run
 
     call_command("migrate", verbosity=0)
     started = time.monotonic()
@@ -49,19 +47,13 @@ def main() -> None:
     print(f"filled {args.rows:,} runs in {time.monotonic() - started:.1f}s ({connection.vendor})")
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE")
-    due = (
-        Run.objects.filter(status__in=["pending", "retrying"], run_after__lte=timezone.now(),
-                           queue__in=["default"])
-        .order_by("-priority", "run_after", "id")
-        .select_for_update(skip_locked=True)
-        .values_list("id", flat=True)[:50]
-    )
     queries = {
-        "claim (worker)": due,
         "per-status listing (admin, stream)": store.runs(status=["failed"])[:100],
         "per-task per-status listing": store.runs(task=["task-3"], status=["running"])[:100],
     }
     prefix = "EXPLAIN ANALYZE " if connection.vendor == "postgresql" else "EXPLAIN QUERY PLAN "
+    for title, queues in [("claim, any queue (worker)", None), ("claim, one queue", ["default"])]:
+        print(f"\n== {title}\n  " + store.claim_plan(queues, limit=50).replace("\n", "\n  "))
     for title, qs in queries.items():
         with transaction.atomic(), connection.cursor() as cursor:
             sql, params = qs.query.sql_with_params()

@@ -94,6 +94,12 @@ class Run(models.Model):
                 condition=Q(status__in=sorted(CLAIMABLE)),
                 name="tl_run_claim",
             ),
+            # The same for a worker that serves every queue (the default).
+            models.Index(
+                fields=["-priority", "run_after", "id"],
+                condition=Q(status__in=sorted(CLAIMABLE)),
+                name="tl_run_claim_any",
+            ),
             # Per-status listings, newest first.
             models.Index(fields=["status", "-id"], name="tl_run_status"),
             models.Index(fields=["task_name", "status", "-id"], name="tl_run_task_status"),

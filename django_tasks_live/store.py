@@ -33,6 +33,7 @@ from .states import (
 )
 
 NOTIFY_CHANNEL = "tasks_live_new"  # the trigger of migration 0002 notifies it
+CLAIM_INDEX, CLAIM_ANY_INDEX = "tl_run_claim", "tl_run_claim_any"  # see Run.Meta.indexes
 
 
 def _db() -> str:
@@ -442,14 +443,30 @@ def settle(
         if limit > 0:
             conn = connections[using]
             queues = list(queues or [])
+            _pin_claim_plan(conn)
             claimed = _claim_selected(
-                _due_sql(conn.alias, len(queues)),
-                [*sorted(CLAIMABLE), _prep_datetime(now, conn), *queues, limit],
+                _due_sql(conn.alias, len(queues)), [_prep_datetime(now, conn), *queues, limit],
                 worker_id, now, using,
             )
         # One INSERT for both sets of events (outcomes first: they happened first).
         _save_events([(run, "status") for run in [*finished, *claimed]], using)
     return finished, claimed
+
+
+def claim_plan(queues: Sequence[str] | None = None, limit: int = 100) -> str:
+    """The database's plan for a claim's selection of due runs (EXPLAIN; on PostgreSQL
+    EXPLAIN ANALYZE, rolled back): to check that claims read an index in claim order."""
+    using = _db()
+    conn = connections[using]
+    queues = list(queues or [])
+    prefix = "EXPLAIN ANALYZE " if conn.vendor == "postgresql" else "EXPLAIN QUERY PLAN "
+    with transaction.atomic(using=using), conn.cursor() as cursor:
+        _pin_claim_plan(conn)
+        cursor.execute(prefix + _due_sql(using, len(queues)),
+                       [_prep_datetime(timezone.now(), conn), *queues, limit])
+        plan = "\n".join(" | ".join(str(c) for c in row) for row in cursor.fetchall())
+        transaction.set_rollback(True, using=using)
+    return plan
 
 
 @functools.cache
@@ -459,15 +476,36 @@ def _due_sql(alias: str, queue_count: int) -> str:
     shape; the ORM took longer to build it than the database to run it."""
     conn = connections[alias]
     q = conn.ops.quote_name
-    sql = (f"SELECT {q('id')} FROM {q(Run._meta.db_table)} "
-           f"WHERE {q('status')} IN ({', '.join(['%s'] * len(CLAIMABLE))}) "
-           f"AND {q('run_after')} <= %s")
+    # The statuses are literals (our own constants), not parameters: SQLite uses a
+    # partial index only when the query's WHERE visibly implies the index's.
+    statuses = ", ".join(f"'{status}'" for status in sorted(CLAIMABLE))
+    sql = f"SELECT {q('id')} FROM {q(Run._meta.db_table)}"
+    if conn.vendor == "sqlite":
+        # SQLite never has statistics unless someone runs ANALYZE: without them it reads
+        # every due run and sorts them. Name the index that yields claim order (one
+        # queue: its own; any or several: the queue-less one, filtered).
+        sql += f" INDEXED BY {q(CLAIM_INDEX if queue_count == 1 else CLAIM_ANY_INDEX)}"
+    sql += f" WHERE {q('status')} IN ({statuses}) AND {q('run_after')} <= %s"
     if queue_count:
         sql += f" AND {q('queue')} IN ({', '.join(['%s'] * queue_count)})"
     sql += f" ORDER BY {q('priority')} DESC, {q('run_after')}, {q('id')} LIMIT %s"
     if conn.features.has_select_for_update_skip_locked:
         sql += " FOR UPDATE SKIP LOCKED"
     return sql
+
+
+def _pin_claim_plan(conn: Any) -> None:
+    """PostgreSQL: make the claim walk a claim index in claim order and stop after
+    ``limit`` rows, whatever the statistics say (this transaction only).
+
+    A queue table's statistics are always stale: on a table that autovacuum has not
+    analyzed yet, the planner reads every due run and sorts them (a 20,000-run backlog
+    made each claim take 9 ms instead of 0.3 ms, and the cost grows with the backlog).
+    """
+    if conn.vendor == "postgresql":
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT set_config('enable_bitmapscan', 'off', true), "
+                           "set_config('enable_sort', 'off', true)")
 
 
 def _prep_datetime(value: dt.datetime | None, conn: Any) -> Any:

@@ -3,6 +3,7 @@
 import datetime as dt
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from django_tasks_live import events, store
@@ -129,6 +130,22 @@ def test_claim_order_is_priority_then_run_after_then_fifo():
     urgent = new(priority=10)
     claimed = store.claim("w1", None, limit=10)
     assert [r.pk for r in claimed] == [urgent.pk, older.pk, fifo_1.pk, fifo_2.pk, low.pk]
+
+
+@pytest.mark.parametrize(("queues", "index"), [
+    (None, store.CLAIM_ANY_INDEX),
+    (["default"], store.CLAIM_INDEX),
+    (["default", "other"], store.CLAIM_ANY_INDEX),
+])
+def test_a_claim_reads_a_claim_index_in_order_instead_of_sorting_the_backlog(queues, index):
+    # A fresh table without statistics, as after a deploy: the planner then read every
+    # due run of a PostgreSQL backlog this size and sorted them, for every claim.
+    backlog = 20_000 if connection.vendor == "postgresql" else 200
+    store.create_runs([store.NewRun(task_name="noop", queue=q)
+                       for q in ["default", "other"] * (backlog // 2)])
+    plan = store.claim_plan(queues, limit=50)
+    assert index in plan
+    assert "Sort" not in plan and "TEMP B-TREE" not in plan, plan
 
 
 def test_claim_takes_a_batch_marks_it_running_and_counts_the_attempt():
