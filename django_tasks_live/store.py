@@ -517,7 +517,42 @@ def _finish_outcomes(
     outcomes: Sequence[Outcome], worker_id: str, now: dt.datetime, using: str
 ) -> list[Run]:
     """Write the outcomes the lifecycle still allows; returns those runs (the caller
-    saves their events)."""
+    saves their events).
+
+    PostgreSQL writes the usual case with the guard in the UPDATE itself (no row
+    locks taken by a read first); what that leaves (a cancel request arrived, the run
+    was rescued) goes through the read-then-write path, which decides each case."""
+    rest = list(outcomes)
+    changed: list[Run] = []
+    if _is_postgres(using):
+        changed, rest = _finish_guarded(rest, worker_id, now, using)
+    if rest:
+        changed += _finish_after_reading(rest, worker_id, now, using)
+    return changed
+
+
+def _finish_guarded(
+    outcomes: Sequence[Outcome], worker_id: str, now: dt.datetime, using: str
+) -> tuple[list[Run], list[Outcome]]:
+    """PostgreSQL: UPDATE the runs still this worker's whose current status allows the
+    outcome's target, in one statement per set of columns; returns the runs written
+    and the outcomes left undecided."""
+    by_fields: dict[tuple[str, ...], list[Run]] = {}
+    for outcome in outcomes:
+        if outcome.run is not None:  # its claimed copy: the event state is built from it
+            names = _assign(outcome.run, outcome.target, outcome.fields, now)
+            by_fields.setdefault(tuple(sorted(names)), []).append(outcome.run)
+    done: dict[int, Run] = {}
+    for names, group in by_fields.items():
+        written = set(_update_rows(group, names, using, guard_worker=worker_id))
+        done.update((run.pk, run) for run in group if run.pk in written)
+    return list(done.values()), [o for o in outcomes if o.run_id not in done]
+
+
+def _finish_after_reading(
+    outcomes: Sequence[Outcome], worker_id: str, now: dt.datetime, using: str
+) -> list[Run]:
+    """Lock and read what the guard needs, decide each outcome in Python, write."""
     by_id = {o.run_id: o for o in outcomes}
     # Lock and read only what the guard needs; the rest of each row is in memory.
     current = (Run.objects.using(using).select_for_update().filter(pk__in=list(by_id))
@@ -541,13 +576,25 @@ def _finish_outcomes(
     return changed
 
 
-def _update_rows(rows: Sequence[Run], names: Sequence[str], using: str) -> None:
+# (target, current status) pairs the lifecycle allows, as SQL: the guard of _update_rows.
+_ALLOWED_MOVES_SQL = ", ".join(
+    f"('{target}', '{source}')" for target, sources in sorted(ALLOWED_FROM.items())
+    for source in sorted(sources)
+)
+
+
+def _update_rows(
+    rows: Sequence[Run], names: Sequence[str], using: str, guard_worker: str | None = None
+) -> list[int]:
     """``UPDATE`` the same columns of many rows; Django's bulk_update would build a CASE
-    per field and row.
+    per field and row. Returns the ids written.
 
     PostgreSQL: ONE statement whose new values arrive as one JSON parameter (one
     statement to plan and run instead of one per row: a third of the database's CPU
-    per run). SQLite: an executemany, which costs no round trips there.
+    per run). With ``guard_worker``, a row is written only while that worker holds the
+    run and the lifecycle allows the move from the run's current status to the new
+    ``status`` (which must be among ``names``). SQLite: an executemany, which costs no
+    round trips there (unguarded).
     """
     conn = connections[using]
     quote = conn.ops.quote_name
@@ -559,9 +606,16 @@ def _update_rows(rows: Sequence[Run], names: Sequence[str], using: str) -> None:
         sql = (f"UPDATE {table} SET {sets} "
                f"FROM jsonb_populate_recordset(NULL::{table}, %s::jsonb) AS x "
                f"WHERE {table}.{quote('id')} = x.{quote('id')}")
+        params = [_json_param(data)]
+        if guard_worker is not None:
+            status = quote("status")
+            sql += (f" AND {table}.{quote('worker_id')} = %s AND (x.{status}, {table}.{status}) "
+                    f"IN (VALUES {_ALLOWED_MOVES_SQL})")
+            params.append(guard_worker)
         with conn.cursor() as cursor:
-            cursor.execute(sql, [_json_param(data)])
-        return
+            cursor.execute(f"{sql} RETURNING {table}.{quote('id')}", params)
+            return [row[0] for row in cursor.fetchall()]
+    assert guard_worker is None, "the guarded UPDATE is PostgreSQL's"
     sets = ", ".join(f"{quote(field.column)} = %s" for field in fields)
     sql = f"UPDATE {table} SET {sets} WHERE {quote('id')} = %s"
     params = [
@@ -570,6 +624,7 @@ def _update_rows(rows: Sequence[Run], names: Sequence[str], using: str) -> None:
     ]
     with conn.cursor() as cursor:
         cursor.executemany(sql, params)
+    return [run.pk for run in rows]
 
 
 def claim_run(run_id: int, worker_id: str) -> Run | None:

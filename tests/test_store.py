@@ -283,28 +283,40 @@ def test_runs_filters_by_task_status_ids_and_labels():
 # ---------------------------------------------------------------- the worker's batched path
 
 
-def test_settle_writes_outcomes_and_claims_in_one_go():
+# The supervisor hands settle() its claimed copy of each run (the event state is built
+# from it); without one, settle() reads the run. Both paths must decide alike.
+with_and_without_claimed_copy = pytest.mark.parametrize("copy", [True, False],
+                                                        ids=["claimed-copy", "read"])
+
+
+def outcome(run: Run, target: Status, fields: dict, copy: bool) -> store.Outcome:
+    return store.Outcome(run.pk, target, fields, run=run if copy else None)
+
+
+@with_and_without_claimed_copy
+def test_settle_writes_outcomes_and_claims_in_one_go(copy):
     done, waiting = running("w1"), new()
     finished, claimed = store.settle(
-        [store.Outcome(done.pk, Status.COMPLETED, {"result": 1})], "w1", None, limit=5)
+        [outcome(done, Status.COMPLETED, {"result": 1}, copy)], "w1", None, limit=5)
     assert [(r.pk, r.status, r.result) for r in finished] == [(done.pk, Status.COMPLETED, 1)]
     assert [r.pk for r in claimed] == [waiting.pk]
     assert kinds(done)[-1] == ("status", "completed")
 
 
-def test_settled_outcomes_read_back_exactly_as_reported():
+@with_and_without_claimed_copy
+def test_settled_outcomes_read_back_exactly_as_reported(copy):
     # Outcomes are written by raw SQL (on PostgreSQL one UPDATE whose values are one
     # JSON parameter): every JSON shape of a result and every field must survive it.
     results = [None, "text 'quoted' \"é\"", 0, -2.5e-9, True, [], {}, [None, {"k": [1]}]]
     runs = [running("w1") for _ in results]
     failed = running("w1", max_attempts=1)
     at = dt.datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=dt.timezone(dt.timedelta(hours=-3)))
-    outcomes = [store.Outcome(run.pk, Status.COMPLETED,
-                              {"result": result, "progress_current": 7, "progress_message": "ok"})
+    outcomes = [outcome(run, Status.COMPLETED,
+                        {"result": result, "progress_current": 7, "progress_message": "ok"}, copy)
                 for run, result in zip(runs, results, strict=True)]
-    outcomes.append(store.Outcome(failed.pk, Status.FAILED, {
+    outcomes.append(outcome(failed, Status.FAILED, {
         "error_type": "ValueError", "error": "bad\nline", "finished_at": at,
-        "steps": [{"name": "a", "state": "failed"}]}))
+        "steps": [{"name": "a", "state": "failed"}]}, copy))
     finished, _ = store.settle(outcomes, "w1", None, limit=0)
     assert len(finished) == len(outcomes)
     for run, result in zip(runs, results, strict=True):
@@ -317,19 +329,36 @@ def test_settled_outcomes_read_back_exactly_as_reported():
     assert Run.objects.filter(pk=runs[0].pk, result__isnull=True).exists()  # SQL NULL, as the ORM
 
 
-def test_settle_ignores_outcomes_of_runs_that_are_no_longer_this_workers():
+@with_and_without_claimed_copy
+def test_settle_ignores_outcomes_of_runs_that_are_no_longer_this_workers(copy):
     run = running("w1")
     store.recover_lost_runs(30, worker_id="w1")  # rescued meanwhile
-    finished, _ = store.settle([store.Outcome(run.pk, Status.COMPLETED, {})], "w1", None, limit=0)
+    other = running("w1", max_attempts=2)
+    store.recover_lost_runs(30, worker_id="w1")  # back to pending, then claimed by w2
+    store.claim("w2", None, limit=1)
+    finished, _ = store.settle([outcome(run, Status.COMPLETED, {}, copy),
+                                outcome(other, Status.COMPLETED, {}, copy)], "w1", None, limit=0)
     assert finished == [] and Run.objects.get(pk=run.pk).status == Status.FAILED
+    assert Run.objects.get(pk=other.pk).status == Status.RUNNING
 
 
-def test_a_retry_outcome_after_a_cancel_request_ends_canceled():
+@with_and_without_claimed_copy
+def test_an_outcome_after_a_cancel_request_is_still_written(copy):
+    run = running("w1")
+    store.transition(run.pk, Status.CANCEL_REQUESTED)  # the handler finished anyway
+    finished, _ = store.settle([outcome(run, Status.COMPLETED, {"result": 3}, copy)],
+                               "w1", None, limit=0)
+    assert [(r.status, r.result) for r in finished] == [(Status.COMPLETED, 3)]
+    assert kinds(run)[-1] == ("status", "completed")
+
+
+@with_and_without_claimed_copy
+def test_a_retry_outcome_after_a_cancel_request_ends_canceled(copy):
     run = running("w1", max_attempts=3)
     store.transition(run.pk, Status.CANCEL_REQUESTED)
     later = timezone.now() + dt.timedelta(seconds=30)
     finished, _ = store.settle(
-        [store.Outcome(run.pk, Status.RETRYING, {"run_after": later})], "w1", None, limit=0)
+        [outcome(run, Status.RETRYING, {"run_after": later}, copy)], "w1", None, limit=0)
     assert [r.status for r in finished] == [Status.CANCELED]
     assert store.transition(running("w1", max_attempts=3).pk, Status.RETRYING).status == Status.RETRYING
 
