@@ -27,11 +27,11 @@ DEFAULTS: dict[str, Any] = {
     "POLL_INTERVAL": 0.05,
     "PG_POLL_INTERVAL": 1.0,
     # Runs claimed per round trip at most.
-    "CLAIM_BATCH": 100,
+    "CLAIM_BATCH": 200,
     # At most this many runs a worker claims ahead per executor, used only for short
     # runs (the worker queues about 20 ms of work per executor); they show as running
     # while they wait, and a drained worker puts them back. Fewer commits per run.
-    "PREFETCH": 64,
+    "PREFETCH": 128,
     # Backoff base and cap in seconds for retries.
     "RETRY_BACKOFF_BASE": 1.0,
     "RETRY_BACKOFF_MAX": 3600.0,
