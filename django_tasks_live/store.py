@@ -441,13 +441,8 @@ def settle(
         finished = _finish_outcomes(outcomes, worker_id, now, using) if outcomes else []
         claimed: list[Run] = []
         if limit > 0:
-            conn = connections[using]
-            queues = list(queues or [])
-            _pin_claim_plan(conn)
-            claimed = _claim_selected(
-                _due_sql(conn.alias, len(queues)), [_prep_datetime(now, conn), *queues, limit],
-                worker_id, now, using,
-            )
+            sql, params = _due_selection(connections[using], queues, limit, now)
+            claimed = _claim_selected(sql, params, worker_id, now, using)
         # One INSERT for both sets of events (outcomes first: they happened first).
         _save_events([(run, "status") for run in [*finished, *claimed]], using)
     return finished, claimed
@@ -458,15 +453,23 @@ def claim_plan(queues: Sequence[str] | None = None, limit: int = 100) -> str:
     EXPLAIN ANALYZE, rolled back): to check that claims read an index in claim order."""
     using = _db()
     conn = connections[using]
-    queues = list(queues or [])
     prefix = "EXPLAIN ANALYZE " if conn.vendor == "postgresql" else "EXPLAIN QUERY PLAN "
     with transaction.atomic(using=using), conn.cursor() as cursor:
-        _pin_claim_plan(conn)
-        cursor.execute(prefix + _due_sql(using, len(queues)),
-                       [_prep_datetime(timezone.now(), conn), *queues, limit])
+        sql, params = _due_selection(conn, queues, limit, timezone.now())
+        cursor.execute(prefix + sql, params)
         plan = "\n".join(" | ".join(str(c) for c in row) for row in cursor.fetchall())
         transaction.set_rollback(True, using=using)
     return plan
+
+
+def _due_selection(
+    conn: Any, queues: Sequence[str] | None, limit: int, now: dt.datetime
+) -> tuple[str, list[Any]]:
+    """The claim's selection of due runs as (sql, params), its plan pinned for the
+    current transaction."""
+    queues = list(queues or [])
+    _pin_claim_plan(conn)
+    return _due_sql(conn.alias, len(queues)), [_prep_datetime(now, conn), *queues, limit]
 
 
 @functools.cache
@@ -537,13 +540,10 @@ def _finish_guarded(
     """PostgreSQL: UPDATE the runs still this worker's whose current status allows the
     outcome's target, in one statement per set of columns; returns the runs written
     and the outcomes left undecided."""
-    by_fields: dict[tuple[str, ...], list[Run]] = {}
-    for outcome in outcomes:
-        if outcome.run is not None:  # its claimed copy: the event state is built from it
-            names = _assign(outcome.run, outcome.target, outcome.fields, now)
-            by_fields.setdefault(tuple(sorted(names)), []).append(outcome.run)
+    # Only outcomes with the claimed copy: the event state is built from it.
+    groups = _assign_in_groups(((o.run, o.target, o.fields) for o in outcomes if o.run), now)
     done: dict[int, Run] = {}
-    for names, group in by_fields.items():
+    for names, group in groups.items():
         written = set(_update_rows(group, names, using, guard_worker=worker_id))
         done.update((run.pk, run) for run in group if run.pk in written)
     return list(done.values()), [o for o in outcomes if o.run_id not in done]
@@ -559,8 +559,7 @@ def _finish_after_reading(
                .order_by("id").values_list("id", "status", "worker_id"))
     unread = [o.run_id for o in outcomes if o.run is None]
     loaded = Run.objects.using(using).in_bulk(unread) if unread else {}
-    changed: list[Run] = []
-    by_fields: dict[tuple[str, ...], list[Run]] = {}
+    moves: list[tuple[Run, Status, dict[str, Any]]] = []
     for run_id, status, owner in current:
         outcome = by_id[run_id]
         target = outcome_status(status, outcome.target)
@@ -568,12 +567,22 @@ def _finish_after_reading(
             continue
         run = outcome.run or loaded[run_id]
         run.status = status  # the claimed copy may predate a cancel request
-        names = _assign(run, target, outcome.fields, now)
-        by_fields.setdefault(tuple(sorted(names)), []).append(run)
-        changed.append(run)
-    for names, group in by_fields.items():
+        moves.append((run, target, outcome.fields))
+    for names, group in _assign_in_groups(moves, now).items():
         _update_rows(group, names, using)
-    return changed
+    return [run for run, _, _ in moves]
+
+
+def _assign_in_groups(
+    moves: Iterable[tuple[Run, Status, dict[str, Any]]], now: dt.datetime
+) -> dict[tuple[str, ...], list[Run]]:
+    """Set each move's fields and status on its run (unsaved), grouped by the columns
+    that changed: one UPDATE per group."""
+    groups: dict[tuple[str, ...], list[Run]] = {}
+    for run, target, fields in moves:
+        names = _assign(run, target, fields, now)
+        groups.setdefault(tuple(sorted(names)), []).append(run)
+    return groups
 
 
 # (target, current status) pairs the lifecycle allows, as SQL: the guard of _update_rows.
