@@ -64,6 +64,12 @@ def remove_local_listener(listener: Listener) -> None:
         _local_listeners.remove(listener)
 
 
+def prepare() -> None:
+    """Build the channel layer now (a worker process calls this before it takes runs,
+    so importing and connecting the layer does not delay its first runs)."""
+    _layer_is_local()
+
+
 def _layer_is_local() -> bool:
     from channels.layers import InMemoryChannelLayer, get_channel_layer
 

@@ -773,6 +773,12 @@ def cancel_requested(worker_id: str) -> dict[int, dt.datetime]:
     )
 
 
+def active_run_ids(worker_id: str) -> list[int]:
+    """The runs ``worker_id`` holds (claimed and not ended)."""
+    return list(Run.objects.using(_db()).filter(worker_id=worker_id, status__in=sorted(ACTIVE))
+                .values_list("id", flat=True))
+
+
 def recover_lost_runs(heartbeat_timeout: float, worker_id: str | None = None) -> list[Run]:
     """Rescue active runs of workers whose heartbeat expired (or of ``worker_id``).
 

@@ -1,7 +1,7 @@
-"""The executor process: receives claimed runs over a pipe and runs them one at a time.
+"""The executor process: set up, then run :class:`.runloop.RunLoop` until told to stop.
 
 Started with the ``spawn`` method, so it sets Django up itself and shares no sockets,
-locks or threads with the supervisor.
+locks or threads with the supervisor (nothing Django is imported before that).
 """
 
 from __future__ import annotations
@@ -9,13 +9,11 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
-import time
-from collections import deque
+from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
 PR_SET_PDEATHSIG = 1
-IDLE_RECHECK = 5.0  # seconds without a run after which the DB connection is re-checked
 
 
 def _die_with_parent() -> None:
@@ -28,16 +26,14 @@ def _die_with_parent() -> None:
         pass
 
 
-def close_unusable_connection() -> None:
-    from django.db import connections
-
-    for connection in connections.all(initialized_only=True):
-        if connection.connection is not None and not connection.is_usable():
-            connection.close()
-
-
 def main(
-    conn: Connection, settings_module: str, worker_id: str, parent_pid: int, stop_flag: Any
+    conn: Connection,
+    settings_module: str,
+    worker_id: str,
+    parent_pid: int,
+    queues: Sequence[str] | None,
+    stop_flag: Any,
+    claims_left: Any,
 ) -> None:
     _die_with_parent()
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
@@ -54,49 +50,10 @@ def main(
 
     from .. import events
     from ..models import Run
-    from ..runner import execute
-    from .pool import decode
+    from .runloop import RunLoop
 
-    using = router.db_for_write(Run)
-
-    outcome: list[Any] = []  # what the current run's record() reported
-
-    def record(run: Any, target: Any, fields: dict[str, Any]) -> Any:
-        # The supervisor writes outcomes in batches with its next claim (one commit);
-        # this one travels with the run's "done".
-        outcome[:] = [target, fields]
-        for name, value in fields.items():
-            setattr(run, name, value)
-        run.status = target
-        return run
-
-    conn.send(("ready", os.getpid()))
-    last_run = time.monotonic()
-    inbox: deque[Any] = deque()
-    while True:
-        if not inbox:
-            try:
-                message: Any = conn.recv()
-            except (EOFError, OSError):
-                break
-            if message is None:
-                break
-            inbox.extend(message)  # the runs the supervisor queued here, pickled, in order
-            continue
-        run = decode(inbox.popleft(), using)
-        if stop_flag.value:  # the worker drains: leave queued runs to other workers
-            conn.send(("skipped", run.pk))
-            continue
-        if time.monotonic() - last_run > IDLE_RECHECK:
-            # Keep the connection across runs (reconnecting costs more than a no-op run),
-            # but after a pause make sure it survived (the database may have restarted).
-            close_unusable_connection()
-        outcome.clear()
-        try:
-            execute(run.pk, worker_id, run=run, record=record)
-        except Exception as exc:  # execute() records handler errors; this is our own failure
-            conn.send(("error", run.pk, f"{type(exc).__name__}: {exc}"))
-            continue
-        conn.send(("done", run.pk, *outcome))
-        last_run = time.monotonic()
+    events.prepare()
+    loop = RunLoop(conn, worker_id, queues, stop_flag, claims_left, router.db_for_write(Run))
+    loop.send(("ready", os.getpid()))
+    loop.run()
     events.pusher.flush()

@@ -1,49 +1,33 @@
-"""Executor processes and what each is doing, so the supervisor can enforce hard limits."""
+"""Executor processes and what each is doing, so the supervisor can enforce hard limits
+and finish the work of an executor that dies."""
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
 import os
-import pickle
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
 from django.conf import settings
 
-from ..models import Run
+from .. import store
 from . import executor
 
 logger = logging.getLogger(__name__)
 _spawn = multiprocessing.get_context("spawn")
 
-# Bytes of queued, not yet begun runs a busy executor's pipe may hold: well under a
-# socket buffer, so sending to it never blocks the supervisor (a supervisor blocked
-# on a full pipe stops reading the executor's replies, and both would wait forever).
-PIPE_BUDGET = 64 * 1024
-
-_ATTNAMES = [f.attname for f in Run._meta.concrete_fields]
-
-
-def encode(run: Run) -> bytes:
-    """``run`` for an executor: its column values, pickled (a pickled model instance
-    costs the supervisor several times more). Its size counts against PIPE_BUDGET."""
-    return pickle.dumps(tuple(getattr(run, name) for name in _ATTNAMES), pickle.HIGHEST_PROTOCOL)
-
-
-def decode(data: bytes, using: str) -> Run:
-    """The run :func:`encode` packed (in the executor)."""
-    return Run.from_db(using, _ATTNAMES, pickle.loads(data))
-
 
 @dataclass
 class Assignment:
-    run: Run
+    """A run an executor claimed, as the supervisor tracks it."""
+
+    run_id: int
     timeout: float | None
-    size: int = 0  # bytes of its message
     started: float | None = None  # time.monotonic() when the executor began it
     deadline: float | None = None  # when it is killed (its timeout plus the grace period)
 
@@ -53,20 +37,20 @@ class Assignment:
 
 
 class Slot:
-    """One executor process and the runs queued on its pipe (it runs them in order).
+    """One executor process, the runs it claimed (it runs them in order; the head of
+    the queue is executing now, so time limits apply to the head only), and the
+    outcomes it reported but has not yet confirmed written."""
 
-    A short queue per executor keeps it busy while the supervisor commits; the head of
-    the queue is the run executing now, so time limits apply to the head only.
-    """
-
-    def __init__(self, index: int, worker_id: str, grace: float, stop_flag: Any) -> None:
+    def __init__(self, index: int, worker_id: str, grace: float, queues: Sequence[str] | None,
+                 stop_flag: Any, claims_left: Any) -> None:
         self.index = index
-        self.stop_flag = stop_flag
         self.worker_id = worker_id
         self.grace = grace
+        self.queues = list(queues) if queues else None
+        self.stop_flag = stop_flag
+        self.claims_left = claims_left
         self.queue: deque[Assignment] = deque()
-        self.queued_bytes = 0  # sizes of the runs in ``queue``, kept with it
-        self.ready = False
+        self.unsettled: list[store.Outcome] = []
         self._start()
 
     def _start(self) -> None:
@@ -74,75 +58,89 @@ class Slot:
         self.conn: Connection = parent_end
         self.process = _spawn.Process(
             target=executor.main,
-            args=(child_end, settings.SETTINGS_MODULE, self.worker_id, os.getpid(), self.stop_flag),
+            args=(child_end, settings.SETTINGS_MODULE, self.worker_id, os.getpid(), self.queues,
+                  self.stop_flag, self.claims_left),
             name=f"tasks-live-executor-{self.index}",
             daemon=True,
         )
         self.process.start()
         child_end.close()
         self.ready = False
-        self.unsent: list[bytes] = []  # assigned, not yet sent (see send())
+        self.starved = False  # its last claim found nothing due
+        self.woken = False  # a wake-up is on its way (one at a time: the pipe stays empty)
 
     @property
     def current(self) -> Assignment | None:
         return self.queue[0] if self.queue else None
 
-    def has_room(self, depth: int) -> bool:
-        return self.ready and len(self.queue) < depth and self.process.is_alive()
-
-    def can_take(self, size: int, depth: int) -> bool:
-        """Room for a run of ``size`` bytes: an idle executor is reading its pipe and takes
-        any size; a busy one only while its pipe stays within PIPE_BUDGET."""
-        if not self.has_room(depth):
-            return False
-        return not self.queue or self.waiting_bytes + size <= PIPE_BUDGET
+    @property
+    def idle(self) -> bool:
+        return self.ready and not self.queue and self.process.is_alive()
 
     @property
-    def waiting_bytes(self) -> int:
-        """Bytes of the runs queued behind the one executing (still in the pipe)."""
-        return self.queued_bytes - self.queue[0].size if self.queue else 0
+    def empty(self) -> bool:
+        """Nothing claimed and nothing to write: the executor holds no work."""
+        return not self.queue and not self.unsettled
 
-    def assign(self, run: Run, data: bytes, timeout: float | None) -> None:
-        """Queue ``run`` (``data``: :func:`encode` of it) here; :meth:`send` sends it."""
-        assignment = Assignment(run, timeout, len(data))
-        if not self.queue:
-            assignment.begin(self.grace)
-        self.queue.append(assignment)
-        self.queued_bytes += assignment.size
-        self.unsent.append(data)
+    def known_run_ids(self) -> set[int]:
+        return {a.run_id for a in self.queue} | {o.run_id for o in self.unsettled}
 
-    def send(self) -> None:
-        """Hand the runs assigned since the last call to the executor, in one message."""
-        if self.unsent:
-            batch, self.unsent = self.unsent, []
-            self.conn.send(batch)
+    # -- what the executor reports ------------------------------------------------
 
-    def finished(self, run_id: int) -> float | None:
+    def settled(self, claimed: list[tuple[int, float | None]], starved: bool) -> None:
+        """It committed a settle: the outcomes it reported are written, and these runs
+        are queued on it, in order."""
+        self.unsettled.clear()
+        self.starved = starved
+        for run_id, timeout in claimed:
+            self.queue.append(Assignment(run_id, timeout))
+        if self.queue and self.queue[0].started is None:
+            self.queue[0].begin(self.grace)
+
+    def finished(self, run_id: int, outcome: store.Outcome | None) -> float | None:
         """The executor is done with ``run_id`` (the head); the next run begins.
         Returns how long the run took."""
-        if not self.queue or self.queue[0].run.pk != run_id:
+        if outcome is not None:
+            self.unsettled.append(outcome)
+        if not self.queue or self.queue[0].run_id != run_id:
             return None
         done = self.queue.popleft()
-        self.queued_bytes -= done.size
         if self.queue:
             self.queue[0].begin(self.grace)
         return time.monotonic() - done.started if done.started is not None else None
 
-    def take_back(self) -> tuple[Assignment | None, list[Run]]:
-        """Empty the queue: (the run executing now, the runs that never started)."""
-        if not self.queue:
-            return None, []
-        head, *waiting = self.queue
+    def requeued(self, run_ids: list[int]) -> None:
+        gone = set(run_ids)
+        self.queue = deque(a for a in self.queue if a.run_id not in gone)
+
+    def take_back(self) -> tuple[Assignment | None, list[int], list[store.Outcome]]:
+        """Empty the slot: (the run executing now, the runs that never started, the
+        outcomes not confirmed written)."""
+        head = self.queue[0] if self.queue else None
+        waiting = [a.run_id for a in list(self.queue)[1:]]
+        outcomes, self.unsettled = self.unsettled, []
         self.queue.clear()
-        self.queued_bytes = 0
-        return head, [a.run for a in waiting]
+        return head, waiting, outcomes
+
+    # -- talking to it -------------------------------------------------------------
 
     def receive(self) -> tuple[Any, ...] | None:
         """The executor's next message, or None if its pipe closed."""
+        self.woken = False
         try:
             return self.conn.recv()
         except (EOFError, OSError):
             return None
+
+    def wake(self) -> None:
+        """Tell an idle executor that runs may be due."""
+        if self.woken or not self.idle:
+            return
+        try:
+            self.conn.send("wake")
+            self.woken = True
+        except OSError:  # it died; its sentinel tells the supervisor
+            pass
 
     def kill(self) -> None:
         """Hard stop (the handler ignores its context); a fresh executor replaces it."""
@@ -151,6 +149,8 @@ class Slot:
         self.restart()
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Ask the executor to exit (it writes its outcomes first); the pipe stays open
+        for what it said last."""
         try:
             self.conn.send(None)
         except OSError:
@@ -159,7 +159,6 @@ class Slot:
         if self.process.is_alive():
             self.process.kill()
             self.process.join(5)
-        self.conn.close()
 
     def restart(self) -> None:
         self.process.join(5)

@@ -1,4 +1,9 @@
-"""The supervisor: claims runs, feeds executor processes, and keeps the fleet honest.
+"""The supervisor: starts executor processes and keeps the fleet honest.
+
+Executors claim, execute and write outcomes themselves (see :mod:`.executor`); the
+supervisor keeps the worker's heartbeat, rescues runs of lost workers, ticks cron
+schedules, wakes idle executors when runs arrive, kills an executor whose run passed
+its time limit or ignored a cancel, and finishes the work of an executor that died.
 
 One loop, no threads: it waits on the executors' pipes and process sentinels and on the
 PostgreSQL LISTEN socket, so a finished run or a new one wakes it at once.
@@ -14,8 +19,7 @@ import socket
 import sys
 import time
 import uuid
-from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import wait
 from typing import Any, TextIO
 
@@ -24,17 +28,16 @@ from django.db import DatabaseError, DataError, IntegrityError, close_old_connec
 from .. import conf, store
 from ..models import Run
 from ..registry import registry
-from ..runner import effective_timeout, resolve
 from ..states import Status
-from . import pool
 from .pool import Slot
+from .runloop import write_one_by_one
 from .wakeup import Listener
 
 logger = logging.getLogger(__name__)
 
 
-# How much work an executor's queue should hold: enough to outlast a commit or two.
-PIPELINE_SECONDS = 0.02
+# Seconds between two reads of the executors' reports (see _sleep_handling_messages).
+READ_INTERVAL = 0.01
 
 
 class WorkerIdInUse(RuntimeError):
@@ -60,21 +63,24 @@ class Supervisor:
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.stdout = stdout or sys.stdout
         self.slots: list[Slot] = []
-        self.buffer: deque[Run] = deque()  # claimed, not yet handed to an executor
-        self.outcomes: list[store.Outcome] = []  # reported by executors, not yet written
-        self.claimed = 0
+        # Outcomes of executors that died before writing them (written by the supervisor).
+        self.outcomes: list[store.Outcome] = []
         self.processed = 0
         self.draining = False
         self.exit_now = False
         self.listener = Listener(router.db_for_write(Run))
-        # Set when draining: executors skip (and report) runs queued on their pipes.
-        self.stop_flag = multiprocessing.get_context("spawn").Value("b", 0, lock=False)
-        self._wake = True
-        self._next_poll = 0.0
+        spawn = multiprocessing.get_context("spawn")
+        # Set when draining: executors claim nothing more and give back what they hold.
+        self.stop_flag = spawn.Value("b", 0, lock=False)
+        # --max-tasks, shared by the executors' claims (-1: no limit).
+        self.claims_left = spawn.Value("q", -1 if max_tasks is None else max_tasks)
         self._next_heartbeat = 0.0
         self._next_tick = 0.0
+        self._next_wake = 0.0
+        self._next_read = 0.0
         self._db_backoff = 0.0
-        self.avg_run_seconds = PIPELINE_SECONDS  # moving average of how long runs take
+        # Active runs of this worker that no executor accounted for at the last check.
+        self._unaccounted: set[int] = set()
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -82,10 +88,12 @@ class Supervisor:
         self._install_signals()
         self._register()
         grace = conf.get("KILL_GRACE")
-        self.slots = [Slot(i, self.id, grace, self.stop_flag) for i in range(self.concurrency)]
+        self.slots = [Slot(i, self.id, grace, self.queues, self.stop_flag, self.claims_left)
+                      for i in range(self.concurrency)]
         try:
             self._wait_ready()
             self.listener.open()
+            self._wake_idle()
             self._say(f"tasks_worker ready: id={self.id} concurrency={self.concurrency} "
                       f"queues={','.join(self.queues or ['*'])}")
             while not self._finished():
@@ -110,34 +118,32 @@ class Supervisor:
         while not all(slot.ready for slot in self.slots):
             if time.monotonic() > deadline or self.exit_now:
                 raise RuntimeError("Executor processes did not start in 60 s.")
-            for conn in wait([slot.conn for slot in self.slots if not slot.ready], timeout=1):
-                slot = next(s for s in self.slots if s.conn is conn)
-                self._on_message(slot, slot.receive())
+            self._sleep_handling_messages(1.0)
 
     def _finished(self) -> bool:
         if self.exit_now:
             return True
-        in_flight = any(slot.queue for slot in self.slots) or self.outcomes
-        return (self.draining or self._limit_reached()) and not in_flight and not self.buffer
+        if not (self.draining or self._limit_reached()):
+            return False
+        return not self.outcomes and all(slot.empty for slot in self.slots)
 
     def _limit_reached(self) -> bool:
         return self.max_tasks is not None and self.processed >= self.max_tasks
 
     def _shutdown(self) -> None:
+        self.stop_flag.value = 1
         try:
-            if self.outcomes:
-                store.settle(self.outcomes, self.id, self.queues, 0)
-                self.outcomes = []
-            for slot in self.slots:  # runs are left only after a second signal
-                head, waiting = slot.take_back()
-                self.buffer.extend(waiting)
-                if head is not None:
+            for slot in self.slots:  # after a second signal (or a crash) runs are left
+                if slot.current is not None:
                     slot.process.kill()
-                    store.release(head.run.pk, "WorkerStopped",
-                                  "worker stopped before the run finished", counts=False)
-            self._requeue_buffer()
-            for slot in self.slots:
                 slot.stop()
+                self._read_all(slot)
+                self._take_over(slot, lambda run_id: store.release(
+                    run_id, "WorkerStopped", "worker stopped before the run finished",
+                    counts=False))
+                slot.conn.close()
+            # Runs an executor claimed in its last moments without telling us.
+            store.requeue(store.active_run_ids(self.id))
             store.stop_worker(self.id)
         except DatabaseError as exc:
             logger.error("Could not record the worker's shutdown: %s", exc)
@@ -151,25 +157,26 @@ class Supervisor:
                 self.exit_now = True
                 self._say("second signal: stopping now")
             else:
-                self.draining = True
+                self._drain()
                 self._say("draining: finishing in-flight runs (signal again to stop now)")
 
         signal.signal(signal.SIGTERM, handle)
         signal.signal(signal.SIGINT, handle)
+
+    def _drain(self) -> None:
+        """Stop claiming; executors finish the run they are in and give back the rest."""
+        self.draining = True
+        self.stop_flag.value = 1
 
     # -- the loop ---------------------------------------------------------------
 
     def _iterate(self) -> None:
         try:
             self._housekeeping()
-            if self.draining:
-                self._requeue_not_started()
-            self._dispatch()  # first: executors work while the settle commits
-            self._settle()
-            self._dispatch()
+            self._write_outcomes()
             self._enforce_deadlines()
-            if self.burst and self._idle_and_empty():
-                self.draining = True
+            if self.burst and not self.draining and self._idle_and_empty():
+                self._drain()
                 return
             self._db_backoff = 0.0
         except DatabaseError as exc:
@@ -179,7 +186,7 @@ class Supervisor:
             self.listener.close()
             self._sleep_handling_messages(self._db_backoff)
             return
-        self._wait_for_events()
+        self._sleep_handling_messages(self._wait_timeout())
 
     def _housekeeping(self) -> None:
         now = time.monotonic()
@@ -189,7 +196,8 @@ class Supervisor:
             self._kill_canceled()
             for run in store.recover_lost_runs(conf.get("HEARTBEAT_TIMEOUT")):
                 logger.warning("Recovered run %s of lost worker (now %s)", run.pk, run.status)
-                self._wake = True
+                self._wake_idle()
+            self._requeue_unaccounted()
             if not self.listener.active:
                 self.listener.open()
         if now >= self._next_tick and not self.draining:
@@ -197,189 +205,157 @@ class Supervisor:
             from .. import schedules
 
             if schedules.tick():
-                self._wake = True
+                self._wake_idle()
+        if self._polling() and now >= self._next_wake:
+            # LISTEN is down: executors poll on their own only every PG_POLL_INTERVAL.
+            self._next_wake = now + conf.get("POLL_INTERVAL")
+            self._wake_idle()
 
-    def _depth(self) -> int:
-        """Runs per executor: the one executing plus enough queued ones to cover about
-        PIPELINE_SECONDS of work (short runs get batched, long ones are not hoarded)."""
-        wanted = int(PIPELINE_SECONDS / max(self.avg_run_seconds, 1e-4))
-        return 1 + max(0, min(wanted, conf.get("PREFETCH")))
+    def _polling(self) -> bool:
+        return self.listener.available and not self.listener.active
 
-    def _capacity(self) -> int:
-        """How many more runs to claim: fill idle executors plus a prefetch buffer, so
-        claims (and the outcomes written with them) go in batches, not one per run."""
-        assigned = sum(len(slot.queue) for slot in self.slots)
-        want = self.concurrency * self._depth() - assigned - len(self.buffer)
-        if self.max_tasks is not None:
-            want = min(want, self.max_tasks - self.claimed)
-        return max(0, min(want, conf.get("CLAIM_BATCH")))
+    def _wake_idle(self) -> None:
+        if not self.draining:
+            for slot in self.slots:
+                slot.wake()
 
-    def _settle(self) -> None:
-        """Write reported outcomes and claim more runs, together in one transaction."""
-        limit = self._claim_limit()
-        if not self.outcomes and not limit:
+    def _write_outcomes(self) -> None:
+        """Write the outcomes of executors that died before they could."""
+        if not self.outcomes:
             return
         outcomes, self.outcomes = self.outcomes, []
         try:
-            _, claimed = store.settle(outcomes, self.id, self.queues, limit)
-        except (DataError, IntegrityError) as exc:
-            # Not an outage: retrying the same batch would fail forever and wedge the
-            # worker. Write the outcomes one by one; a refused one fails its run.
-            logger.error("A batch of outcomes was refused (%s); writing them one by one", exc)
-            self._settle_one_by_one(outcomes)
-            return
+            store.settle(outcomes, self.id, self.queues, 0)
+        except (DataError, IntegrityError):  # refused, not an outage: see write_one_by_one
+            write_one_by_one(outcomes, self.id)
         except DatabaseError:
             self.outcomes = outcomes + self.outcomes  # keep them for the next round
             raise
-        self.claimed += len(claimed)
-        self.buffer.extend(claimed)
-        if limit and len(claimed) == limit:
-            self._wake = True  # probably more waiting
 
-    def _settle_one_by_one(self, outcomes: list[store.Outcome]) -> None:
-        for outcome in outcomes:
-            try:
-                store.settle([outcome], self.id, self.queues, 0)
-            except (DataError, IntegrityError) as exc:
-                logger.error("Run %s: its outcome could not be stored: %s", outcome.run_id, exc)
-                store.end_killed_run(outcome.run_id, Status.FAILED, "OutcomeNotStored",
-                                     f"the run's outcome could not be stored: {exc}"[:2000])
+    def _requeue_unaccounted(self) -> None:
+        """Runs this worker holds that no executor accounts for go back to pending.
 
-    def _claim_room(self) -> int:
-        """How many runs a claim would take now: 0 until a batch's worth is free (fewer,
-        bigger claims). A batch is at most CLAIM_BATCH, or a wide worker would wait for
-        room it can never claim at once."""
-        if self.draining or self._limit_reached():
-            return 0
-        limit = self._capacity()
-        batch = min(conf.get("CLAIM_BATCH"), self.concurrency * self._depth() // 2)
-        return limit if limit >= max(1, batch) else 0
-
-    def _claim_limit(self) -> int:
-        limit = self._claim_room()
-        now = time.monotonic()
-        if not limit or not (self._wake or now >= self._next_poll):
-            return 0
-        self._wake = False
-        poll = conf.get("PG_POLL_INTERVAL" if self.listener.active else "POLL_INTERVAL")
-        self._next_poll = now + poll
-        return limit
-
-    def _dispatch(self) -> None:
-        """Hand buffered runs to executors, shortest queue first."""
-        depth = self._depth()
-        while self.buffer and any(slot.has_room(depth) for slot in self.slots):
-            run = self.buffer[0]
-            data = pool.encode(run)
-            open_slots = [slot for slot in self.slots if slot.can_take(len(data), depth)]
-            if not open_slots:
-                break
-            slot = min(open_slots, key=lambda s: len(s.queue))
-            self.buffer.popleft()
-            slot.assign(run, data, self._timeout_of(run))
-        for slot in self.slots:
-            slot.send()  # one message per executor and round: fewer pickles and syscalls
-
-    def _requeue_not_started(self) -> None:
-        """Draining: runs claimed but not begun go back to pending for other workers
-        (executors report the ones queued on their pipes as skipped)."""
-        self.stop_flag.value = 1
-        self._requeue_buffer()
-
-    def _requeue_buffer(self) -> None:
-        if self.buffer:
-            store.requeue([run.pk for run in self.buffer])
-            self.buffer.clear()
-
-    @staticmethod
-    def _timeout_of(run: Run) -> float | None:
-        try:
-            return effective_timeout(run, resolve(run))
-        except Exception:  # unknown task: the executor records the failure
-            return effective_timeout(run, None)
+        An executor that dies between committing a claim and reporting it leaves such
+        runs behind. A live executor reports its claims within moments, so a run is
+        given back only when two checks a heartbeat apart both miss it."""
+        known = set().union(*(slot.known_run_ids() for slot in self.slots),
+                            (o.run_id for o in self.outcomes))
+        unaccounted = set(store.active_run_ids(self.id)) - known
+        lost, self._unaccounted = unaccounted & self._unaccounted, unaccounted - self._unaccounted
+        if lost:
+            logger.warning("Runs %s were claimed by an executor that died; requeued", sorted(lost))
+            store.requeue(sorted(lost))
+            self._wake_idle()
 
     def _idle_and_empty(self) -> bool:
-        if self.buffer or self.outcomes or any(slot.queue for slot in self.slots):
+        if self.outcomes or not all(slot.empty and slot.starved for slot in self.slots):
             return False
         return not store.has_due(self.queues)
 
-    def _wait_for_events(self) -> None:
-        # Only what _settle() would act on ends the wait at once (no spinning while
-        # the free room is less than a batch).
-        if self.exit_now or self.outcomes or (self._wake and self._claim_room()):
-            timeout = 0.0
-        else:
-            timeout = max(0.0, self._next_poll - time.monotonic())
-            if self.listener.active and not self.buffer:
-                timeout = max(timeout, 0.001)
-            deadlines = [s.current.deadline for s in self.slots
-                         if s.current and s.current.deadline]
-            if deadlines:
-                timeout = min(timeout, max(0.0, min(deadlines) - time.monotonic()))
-            timeout = min(timeout, max(0.0, self._next_heartbeat - time.monotonic()))
-        self._sleep_handling_messages(timeout)
+    def _wait_timeout(self) -> float:
+        now = time.monotonic()
+        timeout = min(self._next_heartbeat, self._next_tick) - now
+        if self._polling():
+            timeout = min(timeout, self._next_wake - now)
+        deadlines = [s.current.deadline for s in self.slots if s.current and s.current.deadline]
+        if deadlines:
+            timeout = min(timeout, min(deadlines) - now)
+        if self.burst:
+            timeout = min(timeout, conf.get("POLL_INTERVAL"))
+        return max(0.0, timeout)
 
     def _sleep_handling_messages(self, timeout: float) -> None:
-        waitables: list[Any] = []
-        for slot in self.slots:
-            waitables += [slot.conn, slot.process.sentinel]
+        waitables: list[Any] = [slot.process.sentinel for slot in self.slots]
         if self.listener.active:
             waitables.append(self.listener)
+        # Executors report every run's end; reading the pipes at most every READ_INTERVAL
+        # lets one wake-up take many reports (a wake-up per report cost a fifth of the
+        # worker's CPU). Deaths and notifications still wake the loop at once.
+        pause = self._next_read - time.monotonic()
+        if pause > 0:
+            timeout = min(timeout, pause)
+        else:
+            waitables += [slot.conn for slot in self.slots]
         try:
             ready = wait(waitables, timeout=timeout)
         except InterruptedError:
             return
+        if any(slot.conn in ready for slot in self.slots):
+            self._next_read = time.monotonic() + READ_INTERVAL
         for obj in ready:
-            if obj is self.listener:
-                if self.listener.drain():
-                    self._wake = True
-                continue
-            slot = next((s for s in self.slots if obj in (s.conn, s.process.sentinel)), None)
-            if slot is None:
-                continue
-            if obj is slot.conn:
-                self._on_message(slot, slot.receive())
-                while slot.conn.poll():  # take everything waiting: one settle for all of it
-                    self._on_message(slot, slot.receive())
-            elif not slot.process.is_alive():
-                self._on_executor_death(slot)
+            try:
+                self._on_ready(obj)
+            except DatabaseError as exc:
+                # What could not be written now is found again: outcomes stay queued,
+                # runs no executor accounts for are requeued by _requeue_unaccounted().
+                logger.warning("Database unavailable while handling executors (%s)", exc)
+                close_old_connections()
+
+    def _on_ready(self, obj: Any) -> None:
+        if obj is self.listener:
+            if self.listener.drain():
+                self._wake_idle()
+            return
+        slot = next((s for s in self.slots if obj in (s.conn, s.process.sentinel)), None)
+        if slot is None:
+            return
+        if obj is slot.conn:
+            self._read_all(slot)
+        elif not slot.process.is_alive():
+            self._read_all(slot)  # what it said before it died comes first
+            self._on_executor_death(slot)
+
+    def _read_all(self, slot: Slot) -> None:
+        try:
+            while slot.conn.poll():
+                message = slot.receive()
+                if message is None:  # closed: its sentinel reports the death
+                    return
+                self._on_message(slot, message)
+        except OSError:  # closed already
+            pass
 
     # -- executor events --------------------------------------------------------
 
-    def _on_message(self, slot: Slot, message: tuple[Any, ...] | None) -> None:
-        if message is None:
-            if not slot.process.is_alive():
-                self._on_executor_death(slot)
-            return
+    def _on_message(self, slot: Slot, message: tuple[Any, ...]) -> None:
         kind = message[0]
-        if kind == "ready":
-            slot.ready = True
-        elif kind == "skipped":
-            slot.finished(message[1])
-            store.requeue([message[1]])
-        elif kind in ("done", "error"):
-            if kind == "error":
-                logger.error("Executor failed on run %s: %s", message[1], message[2])
-                store.release(message[1], "ExecutorError", message[2])
-            elif len(message) > 2:  # ("done", run id, target, fields): its outcome
-                head = slot.current
-                claimed = head.run if head is not None and head.run.pk == message[1] else None
-                self.outcomes.append(store.Outcome(*message[1:], run=claimed))
-            took = slot.finished(message[1])
-            if took is not None:
-                self.avg_run_seconds += 0.2 * (took - self.avg_run_seconds)
+        if kind == "settled":
+            slot.settled(message[1], message[2])
+        elif kind == "done":
+            outcome = store.Outcome(*message[1:]) if len(message) > 2 else None
+            slot.finished(message[1], outcome)
             self.processed += 1
-            self._wake = True
+        elif kind == "error":
+            logger.error("Executor failed on run %s: %s", message[1], message[2])
+            slot.finished(message[1], None)
+            store.release(message[1], "ExecutorError", message[2])
+            self.processed += 1
+        elif kind == "requeued":
+            slot.requeued(message[1])
+        elif kind == "ready":
+            slot.ready = True
 
     def _on_executor_death(self, slot: Slot) -> None:
         code = slot.process.exitcode
-        head, waiting = slot.take_back()
-        self.buffer.extendleft(reversed(waiting))
+        head = slot.current
         if head is not None:
-            logger.error("Executor died (exit %s) while running run %s", code, head.run.pk)
-            store.release(head.run.pk, "ExecutorDied", f"executor process exited with code {code}")
+            logger.error("Executor died (exit %s) while running run %s", code, head.run_id)
             self.processed += 1
+        self._take_over(slot, lambda run_id: store.release(
+            run_id, "ExecutorDied", f"executor process exited with code {code}"))
         slot.restart()
+
+    def _take_over(self, slot: Slot, end_head: Callable[[int], object]) -> None:
+        """Finish what a stopped executor held: its outcomes are written, the run it was
+        executing is ended by ``end_head``, the runs it never began go back to pending."""
+        head, waiting, outcomes = slot.take_back()
+        self.outcomes += outcomes
+        self._write_outcomes()
+        if head is not None:
+            end_head(head.run_id)
+        if waiting:
+            store.requeue(waiting)
+            self._wake_idle()
 
     def _enforce_deadlines(self) -> None:
         now = time.monotonic()
@@ -396,22 +372,33 @@ class Supervisor:
         grace = conf.get("KILL_GRACE")
         for slot in self.slots:
             assignment = slot.current
-            if assignment is None or assignment.run.pk not in requested:
+            if assignment is None or assignment.run_id not in requested:
                 continue
-            asked = requested[assignment.run.pk]
+            asked = requested[assignment.run_id]
             if asked is not None and time.time() - asked.timestamp() >= grace:
                 self._kill(slot, Status.CANCELED, "Canceled",
                            "canceled; the handler did not stop and was killed")
 
     def _kill(self, slot: Slot, target: Status, error_type: str, message: str) -> None:
-        head, waiting = slot.take_back()
-        assert head is not None
-        run = head.run
-        self.buffer.extendleft(reversed(waiting))  # never started: another executor takes them
-        slot.kill()
-        self.processed += 1
-        store.end_killed_run(run.pk, target, error_type, message)
-        logger.warning("Run %s: %s", run.pk, message)
+        """Kill the executor of the run at the head of ``slot``, which ends as ``target``."""
+        doomed = slot.current.run_id if slot.current else None
+        if slot.process.is_alive():
+            slot.process.kill()
+        slot.process.join(5)
+        self._read_all(slot)  # outcomes and claims it reported before it died
+
+        def end_head(run_id: int) -> None:
+            self.processed += 1
+            if run_id == doomed:
+                store.end_killed_run(run_id, target, error_type, message)
+                logger.warning("Run %s: %s", run_id, message)
+            else:  # the doomed run ended just before the kill; this one had only begun
+                store.release(run_id, "WorkerStopped", "its executor was replaced", counts=False)
+
+        try:
+            self._take_over(slot, end_head)
+        finally:
+            slot.restart()
 
     def _say(self, text: str) -> None:
         self.stdout.write(text + "\n")

@@ -78,6 +78,25 @@ def test_sigkilled_worker_is_recovered_by_another(tmp_path, _calls_dir):
     assert len(read_calls(_calls_dir, "sleepy")) == 1
 
 
+def test_a_killed_executor_is_replaced_and_nothing_it_held_is_lost(tmp_path, _calls_dir):
+    # Claimed together: the quick run ends first (its outcome is reported, not yet
+    # written), then the executor is SIGKILLed in the middle of the second.
+    quick = tasks_live.start("noop", n=7)
+    slow = tasks_live.start("resumable", seconds=1.0)
+    with children(tmp_path) as spawn:
+        worker = spawn(worker_args("--concurrency", "1"))
+        wait_until(lambda: read_calls(_calls_dir, "resumable"), 20, "the slow run began")
+        [log] = _calls_dir.glob("resumable-*.log")
+        os.kill(int(log.stem.rsplit("-", 1)[1]), signal.SIGKILL)  # the executor, not the worker
+        finished = tasks_live.wait(slow.pk, timeout=30)
+        assert worker.proc.poll() is None, worker.output()
+    assert Run.objects.get(pk=quick.pk).status == Status.COMPLETED
+    assert read_calls(_calls_dir, "noop") == ["7"]
+    assert finished.status == Status.COMPLETED and finished.attempt == 2
+    assert [e["type"] for e in finished.errors] == ["ExecutorDied"]
+    assert sorted(read_calls(_calls_dir, "resumable")) == [f"{slow.pk}:1", f"{slow.pk}:2"]
+
+
 def test_cancel_timeouts_retries_against_a_real_worker(tmp_path):
     pending = tasks_live.using(delay=3600).start("noop")
     cooperative = tasks_live.start("sleepy", seconds=30)

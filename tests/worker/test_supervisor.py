@@ -1,7 +1,8 @@
-"""The supervisor without executor processes: how much it claims at once, and how it
-writes outcomes the database refuses."""
+"""The supervisor without executor processes: how it finishes the work of an executor
+that stopped, and how it finds runs no executor accounts for."""
 
-from collections import deque
+from __future__ import annotations
+
 from types import SimpleNamespace
 
 import pytest
@@ -9,59 +10,65 @@ import pytest
 from django_tasks_live import store
 from django_tasks_live.models import Run
 from django_tasks_live.states import Status
-from django_tasks_live.worker.supervisor import PIPELINE_SECONDS, Supervisor
-from tests.support.db import requires_postgres
+from django_tasks_live.worker.pool import Assignment
+from django_tasks_live.worker.supervisor import Supervisor
+
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def supervisor_with(concurrency: int, avg_run_seconds: float) -> Supervisor:
-    supervisor = Supervisor(concurrency=concurrency)
-    # Idle executors: nothing queued on any of them.
-    supervisor.slots = [SimpleNamespace(queue=deque()) for _ in range(concurrency)]
-    supervisor.avg_run_seconds = avg_run_seconds
-    return supervisor
+def claimed(count: int, worker_id: str = "w1") -> list[Run]:
+    runs = store.create_runs([store.NewRun("noop") for _ in range(count)])
+    return [store.claim_run(run.pk, worker_id) for run in runs]
 
 
-def test_long_runs_are_not_hoarded():
-    supervisor = supervisor_with(concurrency=4, avg_run_seconds=10 * PIPELINE_SECONDS)
-    assert supervisor._depth() == 1  # the run executing, nothing queued behind it
-    assert supervisor._claim_limit() == 4
+def stopped_executor(head: Run, waiting: list[Run], outcomes: list[store.Outcome]) -> SimpleNamespace:
+    """What a Slot hands back when its executor stopped (see Slot.take_back)."""
+    return SimpleNamespace(
+        take_back=lambda: (Assignment(head.pk, None), [r.pk for r in waiting], outcomes))
 
 
-def test_short_runs_are_claimed_in_batches(settings):
-    settings.TASKS_LIVE = {"PREFETCH": 16, "CLAIM_BATCH": 50}
-    supervisor = supervisor_with(concurrency=2, avg_run_seconds=PIPELINE_SECONDS / 100)
-    assert supervisor._depth() == 17
-    assert supervisor._claim_limit() == 34
-    # With more than half of that still queued, it waits for a batch's worth of room.
-    supervisor.slots[0].queue.extend(range(18))
-    supervisor._wake = True
-    assert supervisor._claim_limit() == 0
-
-
-@pytest.mark.parametrize("concurrency", [16, 64])
-def test_a_wide_worker_keeps_claiming_when_its_room_exceeds_one_claim(settings, concurrency):
-    # concurrency x depth / 2 is more than CLAIM_BATCH: waiting for that much room
-    # would never end, since no claim can fill more than CLAIM_BATCH of it.
-    settings.TASKS_LIVE = {"PREFETCH": 16, "CLAIM_BATCH": 50}
-    supervisor = supervisor_with(concurrency=concurrency, avg_run_seconds=PIPELINE_SECONDS / 100)
-    supervisor.buffer.extend(range(concurrency * 17 - 50))  # room for exactly one claim
-    assert supervisor._claim_limit() == 50
-
-
-@requires_postgres
-@pytest.mark.django_db(transaction=True)
-def test_an_outcome_the_database_refuses_fails_its_run_and_the_rest_are_written():
-    # PostgreSQL refuses a NUL character: retrying the batch would fail forever.
-    good, bad = (store.claim_run(store.create_runs([store.NewRun("noop")])[0].pk, "w1")
-                 for _ in range(2))
+def test_what_a_stopped_executor_held_is_written_released_and_requeued():
+    done, head, waiting = claimed(3)
     supervisor = Supervisor(worker_id="w1")
-    supervisor.outcomes = [
-        store.Outcome(good.pk, Status.COMPLETED, {"result": 1}),
-        store.Outcome(bad.pk, Status.COMPLETED, {"progress_message": "x\x00"}),
-    ]
-    supervisor._settle()
-    assert supervisor.outcomes == []
-    good, bad = (Run.objects.get(pk=run.pk) for run in (good, bad))
-    assert (good.status, good.result) == (Status.COMPLETED, 1)
-    assert (bad.status, bad.error_type) == (Status.FAILED, "OutcomeNotStored")
-    assert "could not be stored" in bad.error
+    slot = stopped_executor(head, [waiting], [store.Outcome(done.pk, Status.COMPLETED, {"result": 5})])
+    supervisor._take_over(slot, lambda run_id: store.release(run_id, "ExecutorDied", "exit -9"))
+    done, head, waiting = (Run.objects.get(pk=r.pk) for r in (done, head, waiting))
+    assert (done.status, done.result) == (Status.COMPLETED, 5)
+    assert (head.status, head.errors[-1]["type"]) == (Status.FAILED, "ExecutorDied")
+    assert (waiting.status, waiting.attempt) == (Status.PENDING, 0)
+
+
+def test_an_outcome_the_executor_wrote_already_is_not_written_twice():
+    [run] = claimed(1)
+    outcome = store.Outcome(run.pk, Status.COMPLETED, {"result": 1})
+    store.settle([outcome], "w1", None, 0)
+    supervisor = Supervisor(worker_id="w1")
+    supervisor.outcomes = [store.Outcome(run.pk, Status.FAILED, {"error": "late"})]
+    supervisor._write_outcomes()
+    run.refresh_from_db()
+    assert (run.status, run.error) == (Status.COMPLETED, "")
+    assert [e.status for e in run.events.order_by("id")] == ["pending", "running", "completed"]
+
+
+def test_runs_no_executor_accounts_for_are_requeued_at_the_second_check():
+    known, orphan = claimed(2)
+    supervisor = Supervisor(worker_id="w1")
+    supervisor.slots = [SimpleNamespace(known_run_ids=lambda: {known.pk}, wake=lambda: None)]
+    supervisor._requeue_unaccounted()  # an executor may just be reporting its claim
+    assert Run.objects.get(pk=orphan.pk).status == Status.RUNNING
+    supervisor._requeue_unaccounted()
+    orphan.refresh_from_db()
+    assert (orphan.status, orphan.attempt) == (Status.PENDING, 0)
+    assert Run.objects.get(pk=known.pk).status == Status.RUNNING
+
+
+def test_a_run_reported_between_two_checks_stays_claimed():
+    [run] = claimed(1)
+    reported: set[int] = set()
+    supervisor = Supervisor(worker_id="w1")
+    supervisor.slots = [SimpleNamespace(known_run_ids=lambda: reported, wake=lambda: None)]
+    supervisor._requeue_unaccounted()
+    reported.add(run.pk)
+    supervisor._requeue_unaccounted()
+    supervisor._requeue_unaccounted()
+    assert Run.objects.get(pk=run.pk).status == Status.RUNNING
