@@ -66,6 +66,7 @@ class Supervisor:
         # Outcomes of executors that died before writing them (written by the supervisor).
         self.outcomes: list[store.Outcome] = []
         self.processed = 0
+        self.serving = False
         self.draining = False
         self.exit_now = False
         self.listener = Listener(router.db_for_write(Run))
@@ -93,7 +94,8 @@ class Supervisor:
         try:
             self._wait_ready()
             self.listener.open()
-            self._wake_idle()
+            self.serving = True
+            self._wake_idle()  # all at once: no run starts before every executor is up
             self._say(f"tasks_worker ready: id={self.id} concurrency={self.concurrency} "
                       f"queues={','.join(self.queues or ['*'])}")
             while not self._finished():
@@ -334,6 +336,8 @@ class Supervisor:
             slot.requeued(message[1])
         elif kind == "ready":
             slot.ready = True
+            if self.serving and not self.draining:  # replaces one that died: put it to work
+                slot.wake()
 
     def _on_executor_death(self, slot: Slot) -> None:
         code = slot.process.exitcode

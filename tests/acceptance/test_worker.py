@@ -78,6 +78,17 @@ def test_sigkilled_worker_is_recovered_by_another(tmp_path, _calls_dir):
     assert len(read_calls(_calls_dir, "sleepy")) == 1
 
 
+def test_max_tasks_counts_across_executors_and_leaves_the_rest_pending(tmp_path, _calls_dir):
+    runs = tasks_live.start_many([("noop", {"n": i}) for i in range(10)])
+    with children(tmp_path) as spawn:
+        worker = spawn(worker_args("--concurrency", "2", "--max-tasks", "4"))
+        assert worker.wait(60) == 0, worker.output()
+    counts = Counter(store.runs(run_ids=[r.pk for r in runs]).values_list("status", flat=True))
+    assert counts == {Status.COMPLETED: 4, Status.PENDING: 6}
+    assert len(read_calls(_calls_dir, "noop")) == 4
+    assert all(r.attempt == 0 for r in store.runs(status=[Status.PENDING]))
+
+
 def test_a_killed_executor_is_replaced_and_nothing_it_held_is_lost(tmp_path, _calls_dir):
     # Claimed together: the quick run ends first (its outcome is reported, not yet
     # written), then the executor is SIGKILLed in the middle of the second.
