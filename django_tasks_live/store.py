@@ -773,10 +773,11 @@ def cancel_requested(worker_id: str) -> dict[int, dt.datetime]:
     )
 
 
-def active_run_ids(worker_id: str) -> list[int]:
-    """The runs ``worker_id`` holds (claimed and not ended)."""
-    return list(Run.objects.using(_db()).filter(worker_id=worker_id, status__in=sorted(ACTIVE))
-                .values_list("id", flat=True))
+def active_claims(worker_id: str) -> dict[int, dt.datetime]:
+    """The runs ``worker_id`` holds (claimed and not ended): id -> ``updated_at``, which
+    a new claim of the same run changes."""
+    return dict(Run.objects.using(_db()).filter(worker_id=worker_id, status__in=sorted(ACTIVE))
+                .values_list("id", "updated_at"))
 
 
 def recover_lost_runs(heartbeat_timeout: float, worker_id: str | None = None) -> list[Run]:

@@ -87,11 +87,12 @@ class Slot:
 
     # -- what the executor reports ------------------------------------------------
 
-    def settled(self, claimed: list[tuple[int, float | None]], starved: bool) -> None:
+    def settled(self, claimed: list[tuple[int, float | None]], wanted: int) -> None:
         """It committed a settle: the outcomes it reported are written, and these runs
-        are queued on it, in order."""
+        (of the ``wanted`` it asked for) are queued on it, in order."""
         self.unsettled.clear()
-        self.starved = starved
+        if wanted:
+            self.starved = not claimed
         for run_id, timeout in claimed:
             self.queue.append(Assignment(run_id, timeout))
         if self.queue and self.queue[0].started is None:
@@ -132,15 +133,17 @@ class Slot:
         except (EOFError, OSError):
             return None
 
-    def wake(self) -> None:
-        """Tell an idle executor that runs may be due."""
+    def wake(self) -> bool:
+        """Tell an idle executor that runs may be due; True if it is woken (now or
+        already)."""
         if self.woken or not self.idle:
-            return
+            return self.woken
         try:
             self.conn.send("wake")
             self.woken = True
         except OSError:  # it died; its sentinel tells the supervisor
             pass
+        return self.woken
 
     def kill(self) -> None:
         """Hard stop (the handler ignores its context); a fresh executor replaces it."""

@@ -50,9 +50,9 @@ class RunLoop:
     """The loop of one executor process (tests drive it in-process).
 
     Messages to the supervisor, in the order things happen:
-    ``("settled", [(run id, timeout), ...], starved)`` after each commit of a settle
+    ``("settled", [(run id, timeout), ...], wanted)`` after each commit of a settle
     (every outcome sent before it is written; these runs are now queued here, in
-    order; ``starved``: it wanted runs and none were due),
+    order, of the ``wanted`` it asked for),
     ``("done", run id, target, fields)`` when a run ends (its outcome),
     ``("error", run id, message)`` when executing failed outside the handler,
     ``("requeued", [run id, ...])`` when draining gave queued runs back.
@@ -187,7 +187,7 @@ class RunLoop:
             self._return_claims(taken)
             logger.error("A batch of outcomes was refused (%s); writing them one by one", exc)
             write_one_by_one(outcomes, self.worker_id)
-            self.send(("settled", [], False))
+            self.send(("settled", [], 0))
             return
         except DatabaseError as exc:
             self._return_claims(taken)
@@ -197,10 +197,9 @@ class RunLoop:
         self._backoff = 0.0
         self._return_claims(taken - len(claimed))
         self.queue.extend(claimed)
-        starved = taken > 0 and not claimed
         if taken:
-            self.hungry = not starved
-        self.send(("settled", [(run.pk, timeout_of(run)) for run in claimed], starved))
+            self.hungry = bool(claimed)  # none due: wait for a wake-up or the next poll
+        self.send(("settled", [(run.pk, timeout_of(run)) for run in claimed], taken))
 
     def _database_unavailable(self, exc: Exception) -> None:
         self._backoff = min(max(self._backoff * 2, 0.5), 10.0)

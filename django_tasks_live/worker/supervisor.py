@@ -80,8 +80,9 @@ class Supervisor:
         self._next_wake = 0.0
         self._next_read = 0.0
         self._db_backoff = 0.0
-        # Active runs of this worker that no executor accounted for at the last check.
-        self._unaccounted: set[int] = set()
+        # Claims (run id, updated_at) of this worker no executor accounted for at the
+        # last check.
+        self._unaccounted: set[tuple[int, Any]] = set()
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -95,7 +96,7 @@ class Supervisor:
             self._wait_ready()
             self.listener.open()
             self.serving = True
-            self._wake_idle()  # all at once: no run starts before every executor is up
+            self._wake_idle(None)  # all at once: no run starts before every executor is up
             self._say(f"tasks_worker ready: id={self.id} concurrency={self.concurrency} "
                       f"queues={','.join(self.queues or ['*'])}")
             while not self._finished():
@@ -145,7 +146,7 @@ class Supervisor:
                     counts=False))
                 slot.conn.close()
             # Runs an executor claimed in its last moments without telling us.
-            store.requeue(store.active_run_ids(self.id))
+            store.requeue(sorted(store.active_claims(self.id)))
             store.stop_worker(self.id)
         except DatabaseError as exc:
             logger.error("Could not record the worker's shutdown: %s", exc)
@@ -216,10 +217,18 @@ class Supervisor:
     def _polling(self) -> bool:
         return self.listener.available and not self.listener.active
 
-    def _wake_idle(self) -> None:
-        if not self.draining:
-            for slot in self.slots:
-                slot.wake()
+    def _wake_idle(self, count: int | None = 1) -> None:
+        """Wake ``count`` idle executors (None: all). One per notification or finding,
+        not all: an executor whose claim comes back full wakes the next one (see
+        _on_message), so a single new run does not send every executor of every worker
+        to the database."""
+        if self.draining:
+            return
+        for slot in self.slots:
+            if count is not None and count <= 0:
+                return
+            if slot.wake() and count is not None:
+                count -= 1
 
     def _write_outcomes(self) -> None:
         """Write the outcomes of executors that died before they could."""
@@ -238,15 +247,21 @@ class Supervisor:
         """Runs this worker holds that no executor accounts for go back to pending.
 
         An executor that dies between committing a claim and reporting it leaves such
-        runs behind. A live executor reports its claims within moments, so a run is
-        given back only when two checks a heartbeat apart both miss it."""
+        runs behind. A live executor reports its claims within moments, so a claim is
+        given back only when two checks a heartbeat apart both miss it: the same claim,
+        not just the same run (a run released and claimed again in between is another
+        claim, with another ``updated_at``)."""
+        for slot in self.slots:
+            self._read_all(slot)  # what executors reported up to now
         known = set().union(*(slot.known_run_ids() for slot in self.slots),
                             (o.run_id for o in self.outcomes))
-        unaccounted = set(store.active_run_ids(self.id)) - known
+        unaccounted = {claim for claim in store.active_claims(self.id).items()
+                       if claim[0] not in known}
         lost, self._unaccounted = unaccounted & self._unaccounted, unaccounted - self._unaccounted
         if lost:
-            logger.warning("Runs %s were claimed by an executor that died; requeued", sorted(lost))
-            store.requeue(sorted(lost))
+            run_ids = sorted(run_id for run_id, _ in lost)
+            logger.warning("Runs %s were claimed by an executor that died; requeued", run_ids)
+            store.requeue(run_ids)
             self._wake_idle()
 
     def _idle_and_empty(self) -> bool:
@@ -295,8 +310,9 @@ class Supervisor:
 
     def _on_ready(self, obj: Any) -> None:
         if obj is self.listener:
-            if self.listener.drain():
-                self._wake_idle()
+            notifications = self.listener.drain()
+            if notifications:
+                self._wake_idle(notifications)
             return
         slot = next((s for s in self.slots if obj in (s.conn, s.process.sentinel)), None)
         if slot is None:
@@ -322,7 +338,10 @@ class Supervisor:
     def _on_message(self, slot: Slot, message: tuple[Any, ...]) -> None:
         kind = message[0]
         if kind == "settled":
-            slot.settled(message[1], message[2])
+            claimed, wanted = message[1], message[2]
+            slot.settled(claimed, wanted)
+            if wanted and len(claimed) >= wanted:
+                self._wake_idle()  # its claim came back full: probably more are due
         elif kind == "done":
             outcome = store.Outcome(*message[1:]) if len(message) > 2 else None
             slot.finished(message[1], outcome)

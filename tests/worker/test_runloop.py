@@ -80,14 +80,14 @@ def test_claims_runs_executes_them_and_writes_outcomes_with_the_next_claim():
     assert statuses(runs) == [Status.RUNNING] * 3
     loop.step()  # idle: writes the outcomes (and finds nothing more to claim)
     assert statuses(runs) == [Status.COMPLETED] * 3
-    assert loop.conn.sent[-1] == ("settled", [], True)  # starved: it waits to be woken
+    assert loop.conn.sent[-1][:2] == ("settled", [])  # none due: it waits to be woken
     assert not loop.hungry
 
 
 def test_a_wake_up_makes_an_idle_loop_claim_again():
     loop = run_loop()
     loop.step()
-    assert loop.conn.sent[-1] == ("settled", [], True)
+    assert loop.conn.sent[-1][:2] == ("settled", []) and not loop.hungry
     [run] = start_noops(1)
     loop.conn.inbox.append("wake")
     loop.step()  # reads the wake-up, then claims
@@ -117,7 +117,7 @@ def test_draining_gives_back_the_runs_not_begun():
     loop.step()  # the first run ends
     loop.stop_flag.value = 1
     loop.step()  # the other two go back to pending, unattempted; the outcome is written
-    assert loop.conn.sent[-2:] == [("requeued", [runs[1].pk, runs[2].pk]), ("settled", [], False)]
+    assert loop.conn.sent[-2:] == [("requeued", [runs[1].pk, runs[2].pk]), ("settled", [], 0)]
     assert statuses(runs) == [Status.COMPLETED, Status.PENDING, Status.PENDING]
     assert [r.attempt for r in store.runs(run_ids=[runs[1].pk, runs[2].pk])] == [0, 0]
 
@@ -144,7 +144,7 @@ def test_an_outcome_the_database_refuses_fails_its_run_and_the_rest_are_written(
     ]
     loop._settle(0)
     assert loop.outcomes == []
-    assert loop.conn.sent == [("settled", [], False)]
+    assert loop.conn.sent == [("settled", [], 0)]
     good, bad = (Run.objects.get(pk=run.pk) for run in (good, bad))
     assert (good.status, good.result) == (Status.COMPLETED, 1)
     assert (bad.status, bad.error_type) == (Status.FAILED, "OutcomeNotStored")

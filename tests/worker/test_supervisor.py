@@ -16,8 +16,9 @@ from django_tasks_live.worker.supervisor import Supervisor
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def claimed(count: int, worker_id: str = "w1") -> list[Run]:
-    runs = store.create_runs([store.NewRun("noop") for _ in range(count)])
+def claimed(count: int, worker_id: str = "w1", max_attempts: int = 1) -> list[Run]:
+    runs = store.create_runs([store.NewRun("noop", max_attempts=max_attempts)
+                              for _ in range(count)])
     return [store.claim_run(run.pk, worker_id) for run in runs]
 
 
@@ -50,10 +51,16 @@ def test_an_outcome_the_executor_wrote_already_is_not_written_twice():
     assert [e.status for e in run.events.order_by("id")] == ["pending", "running", "completed"]
 
 
+def executor_reporting(known_run_ids) -> SimpleNamespace:
+    """A slot whose executor accounts for ``known_run_ids()`` and has nothing unread."""
+    return SimpleNamespace(known_run_ids=known_run_ids, wake=lambda: False,
+                           conn=SimpleNamespace(poll=lambda: False))
+
+
 def test_runs_no_executor_accounts_for_are_requeued_at_the_second_check():
     known, orphan = claimed(2)
     supervisor = Supervisor(worker_id="w1")
-    supervisor.slots = [SimpleNamespace(known_run_ids=lambda: {known.pk}, wake=lambda: None)]
+    supervisor.slots = [executor_reporting(lambda: {known.pk})]
     supervisor._requeue_unaccounted()  # an executor may just be reporting its claim
     assert Run.objects.get(pk=orphan.pk).status == Status.RUNNING
     supervisor._requeue_unaccounted()
@@ -66,9 +73,59 @@ def test_a_run_reported_between_two_checks_stays_claimed():
     [run] = claimed(1)
     reported: set[int] = set()
     supervisor = Supervisor(worker_id="w1")
-    supervisor.slots = [SimpleNamespace(known_run_ids=lambda: reported, wake=lambda: None)]
+    supervisor.slots = [executor_reporting(lambda: reported)]
     supervisor._requeue_unaccounted()
     reported.add(run.pk)
     supervisor._requeue_unaccounted()
     supervisor._requeue_unaccounted()
     assert Run.objects.get(pk=run.pk).status == Status.RUNNING
+
+
+class IdleExecutor:
+    """A slot whose executor waits for work; counts the wake-ups it is sent."""
+
+    def __init__(self) -> None:
+        self.wakes = 0
+        self.starved = False
+
+    def wake(self) -> bool:
+        self.wakes += 1
+        return True
+
+    def settled(self, claimed: list, wanted: int) -> None:
+        self.starved = wanted > 0 and not claimed
+
+
+def test_one_new_run_wakes_one_executor_and_a_full_claim_wakes_the_next():
+    supervisor = Supervisor(worker_id="w1")
+    first, second, third = supervisor.slots = [IdleExecutor() for _ in range(3)]
+    supervisor._wake_idle(1)  # one notification
+    assert [s.wakes for s in supervisor.slots] == [1, 0, 0]
+    supervisor._on_message(first, ("settled", [(1, None), (2, None)], 2))  # got all it asked
+    assert sum(s.wakes for s in supervisor.slots) == 2
+    supervisor._on_message(second, ("settled", [(3, None)], 2))  # fewer: nothing more due
+    assert sum(s.wakes for s in supervisor.slots) == 2
+    supervisor._on_message(third, ("settled", [], 2))
+    assert third.starved
+
+
+def test_a_draining_worker_wakes_nobody():
+    supervisor = Supervisor(worker_id="w1")
+    supervisor.slots = [IdleExecutor()]
+    supervisor._drain()
+    supervisor._wake_idle(None)
+    assert supervisor.slots[0].wakes == 0
+
+
+def test_a_run_claimed_again_between_two_checks_is_a_new_claim():
+    # Released by its dead executor and claimed by the new one: not the claim that
+    # the first check missed, so the second check leaves it alone.
+    [run] = claimed(1, max_attempts=2)
+    supervisor = Supervisor(worker_id="w1")
+    supervisor.slots = [executor_reporting(set)]
+    supervisor._requeue_unaccounted()
+    store.release(run.pk, "ExecutorDied", "exit -9")
+    store.claim_run(run.pk, "w1")
+    supervisor._requeue_unaccounted()
+    run.refresh_from_db()
+    assert (run.status, run.attempt) == (Status.RUNNING, 2)
