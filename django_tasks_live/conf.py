@@ -23,14 +23,14 @@ DEFAULTS: dict[str, Any] = {
     # Worker heartbeat period and the age after which a silent worker counts as lost.
     "HEARTBEAT_INTERVAL": 5.0,
     "HEARTBEAT_TIMEOUT": 30.0,
-    # Idle poll period of the worker (PostgreSQL also wakes it through LISTEN/NOTIFY).
+    # Idle poll period of each executor (PostgreSQL also wakes them through LISTEN/NOTIFY).
     "POLL_INTERVAL": 0.05,
     "PG_POLL_INTERVAL": 1.0,
     # Runs claimed per round trip at most.
     "CLAIM_BATCH": 200,
-    # At most this many runs a worker claims ahead per executor, used only for short
-    # runs (the worker queues about 20 ms of work per executor); they show as running
-    # while they wait, and a drained worker puts them back. Fewer commits per run.
+    # At most this many runs an executor claims ahead, used only for short runs (it
+    # claims about 20 ms of work at a time); they show as running while they wait, and
+    # a drained worker puts them back. Fewer commits per run.
     "PREFETCH": 128,
     # Backoff base and cap in seconds for retries.
     "RETRY_BACKOFF_BASE": 1.0,

@@ -26,7 +26,7 @@ from ..states import Status
 
 logger = logging.getLogger(__name__)
 
-IDLE_RECHECK = 5.0  # seconds without a run after which the DB connection is re-checked
+IDLE_RECHECK = 5.0  # seconds of a silent connection after which it is re-checked
 # How much work an executor claims at once: enough that a claim's commit is shared by
 # many short runs, little enough that long runs are not hoarded.
 PIPELINE_SECONDS = 0.02
@@ -82,7 +82,7 @@ class RunLoop:
         self.stopped = False
         self.avg_run_seconds = PIPELINE_SECONDS  # moving average of how long runs take
         self._backoff = 0.0
-        self._last_run = time.monotonic()
+        self._last_used = time.monotonic()  # when the connection last answered
 
     # -- the loop ---------------------------------------------------------------
 
@@ -195,6 +195,7 @@ class RunLoop:
             self._database_unavailable(exc)
             return
         self._backoff = 0.0
+        self._last_used = time.monotonic()  # a claim just answered: no re-check before its run
         self._return_claims(taken - len(claimed))
         self.queue.extend(claimed)
         if taken:
@@ -222,7 +223,7 @@ class RunLoop:
     # -- executing --------------------------------------------------------------
 
     def _run(self, run: Run) -> None:
-        if time.monotonic() - self._last_run > IDLE_RECHECK:
+        if time.monotonic() - self._last_used > IDLE_RECHECK:
             # Keep the connection across runs (reconnecting costs more than a no-op run),
             # but after a pause make sure it survived (the database may have restarted).
             close_unusable_connection()
@@ -242,9 +243,7 @@ class RunLoop:
         except Exception as exc:  # execute() records handler errors; this is our own failure
             self.send(("error", run.pk, f"{type(exc).__name__}: {exc}"))
             return
-        finally:
-            self._last_run = time.monotonic()
-        took = self._last_run - started
+        took = time.monotonic() - started
         self.avg_run_seconds += 0.2 * (took - self.avg_run_seconds)
         if outcome:
             target, fields = outcome
