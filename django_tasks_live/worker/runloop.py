@@ -26,6 +26,7 @@ from ..states import Status
 
 logger = logging.getLogger(__name__)
 
+IDLE_WAIT = 1.0  # seconds an idle loop waits for a message before it looks again
 IDLE_RECHECK = 5.0  # seconds of a silent connection after which it is re-checked
 # How much work an executor claims at once: enough that a claim's commit is shared by
 # many short runs, little enough that long runs are not hoarded.
@@ -126,21 +127,9 @@ class RunLoop:
             return True
 
     def _wait_for_work(self) -> None:
-        if self._read_messages(self._poll_interval()) or self.stopped or self.hungry:
-            return
-        # Nothing woke us: poll (a cheap read, no write lock, before claiming).
-        try:
-            self.hungry = not self.stop_flag.value and store.has_due(self.queues)
-        except DatabaseError as exc:
-            self._database_unavailable(exc)
-
-    def _poll_interval(self) -> float:
-        if self._backoff:
-            return self._backoff
-        # PostgreSQL: the supervisor LISTENs and wakes idle executors; polling is a
-        # fallback. SQLite has no notifications.
-        postgres = connections[self.using].vendor == "postgresql"
-        return conf.get("PG_POLL_INTERVAL" if postgres else "POLL_INTERVAL")
+        """Idle: wait for the supervisor's wake-up (it listens for new runs and polls for
+        due ones, once for all its executors), or for the end of a back-off."""
+        self._read_messages(self._backoff or IDLE_WAIT)
 
     # -- claiming and writing ---------------------------------------------------
 

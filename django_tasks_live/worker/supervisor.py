@@ -77,7 +77,7 @@ class Supervisor:
         self.claims_left = spawn.Value("q", -1 if max_tasks is None else max_tasks)
         self._next_heartbeat = 0.0
         self._next_tick = 0.0
-        self._next_wake = 0.0
+        self._next_poll = 0.0
         self._next_read = 0.0
         self._db_backoff = 0.0
         # Claims (run id, updated_at) of this worker no executor accounted for at the
@@ -209,13 +209,15 @@ class Supervisor:
 
             if schedules.tick():
                 self._wake_idle()
-        if self._polling() and now >= self._next_wake:
-            # LISTEN is down: executors poll on their own only every PG_POLL_INTERVAL.
-            self._next_wake = now + conf.get("POLL_INTERVAL")
-            self._wake_idle()
+        if now >= self._next_poll and not self.draining:
+            # Runs that became due with no notification (SQLite, run_after, requeued
+            # runs, LISTEN down): one cheap read for the worker, not one per executor.
+            self._next_poll = now + self._poll_interval()
+            if any(slot.idle for slot in self.slots) and store.has_due(self.queues):
+                self._wake_idle()
 
-    def _polling(self) -> bool:
-        return self.listener.available and not self.listener.active
+    def _poll_interval(self) -> float:
+        return conf.get("PG_POLL_INTERVAL" if self.listener.active else "POLL_INTERVAL")
 
     def _wake_idle(self, count: int | None = 1) -> None:
         """Wake ``count`` idle executors (None: all). One per notification or finding,
@@ -271,9 +273,7 @@ class Supervisor:
 
     def _wait_timeout(self) -> float:
         now = time.monotonic()
-        timeout = min(self._next_heartbeat, self._next_tick) - now
-        if self._polling():
-            timeout = min(timeout, self._next_wake - now)
+        timeout = min(self._next_heartbeat, self._next_tick, self._next_poll) - now
         deadlines = [s.current.deadline for s in self.slots if s.current and s.current.deadline]
         if deadlines:
             timeout = min(timeout, min(deadlines) - now)

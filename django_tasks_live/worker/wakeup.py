@@ -26,11 +26,6 @@ class Listener:
     def active(self) -> bool:
         return self._conn is not None
 
-    @property
-    def available(self) -> bool:
-        """The database has notifications (PostgreSQL)."""
-        return connections[self.alias].vendor == "postgresql"
-
     def open(self) -> bool:
         wrapper = connections[self.alias]
         if wrapper.vendor != "postgresql":
