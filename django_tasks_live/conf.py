@@ -23,7 +23,8 @@ DEFAULTS: dict[str, Any] = {
     # Worker heartbeat period and the age after which a silent worker counts as lost.
     "HEARTBEAT_INTERVAL": 5.0,
     "HEARTBEAT_TIMEOUT": 30.0,
-    # Idle poll period of each executor (PostgreSQL also wakes them through LISTEN/NOTIFY).
+    # How often a worker looks for due runs while executors are idle (one read for the
+    # worker; on PostgreSQL LISTEN/NOTIFY wakes it at once, PG_POLL_INTERVAL is a fallback).
     "POLL_INTERVAL": 0.05,
     "PG_POLL_INTERVAL": 1.0,
     # Runs claimed per round trip at most.

@@ -98,17 +98,15 @@ class Slot:
         if self.queue and self.queue[0].started is None:
             self.queue[0].begin(self.grace)
 
-    def finished(self, run_id: int, outcome: store.Outcome | None) -> float | None:
-        """The executor is done with ``run_id`` (the head); the next run begins.
-        Returns how long the run took."""
+    def finished(self, run_id: int, outcome: store.Outcome | None) -> None:
+        """The executor is done with ``run_id`` (the head); the next run begins."""
         if outcome is not None:
             self.unsettled.append(outcome)
         if not self.queue or self.queue[0].run_id != run_id:
-            return None
-        done = self.queue.popleft()
+            return
+        self.queue.popleft()
         if self.queue:
             self.queue[0].begin(self.grace)
-        return time.monotonic() - done.started if done.started is not None else None
 
     def requeued(self, run_ids: list[int]) -> None:
         gone = set(run_ids)
@@ -146,10 +144,11 @@ class Slot:
         return self.woken
 
     def kill(self) -> None:
-        """Hard stop (the handler ignores its context); a fresh executor replaces it."""
+        """Hard stop (the handler ignores its context); the pipe stays open for what it
+        said last, and :meth:`restart` replaces it."""
         if self.process.is_alive():
             self.process.kill()
-        self.restart()
+        self.process.join(5)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Ask the executor to exit (it writes its outcomes first); the pipe stays open

@@ -257,5 +257,3 @@ def write_one_by_one(outcomes: Sequence[store.Outcome], worker_id: str) -> None:
             logger.error("Run %s: its outcome could not be stored: %s", outcome.run_id, exc)
             store.end_killed_run(outcome.run_id, Status.FAILED, "OutcomeNotStored",
                                  f"the run's outcome could not be stored: {exc}"[:2000])
-
-

@@ -1,6 +1,6 @@
 """The supervisor: starts executor processes and keeps the fleet honest.
 
-Executors claim, execute and write outcomes themselves (see :mod:`.executor`); the
+Executors claim, execute and write outcomes themselves (see :mod:`.runloop`); the
 supervisor keeps the worker's heartbeat, rescues runs of lost workers, ticks cron
 schedules, wakes idle executors when runs arrive, kills an executor whose run passed
 its time limit or ignored a cancel, and finishes the work of an executor that died.
@@ -138,7 +138,7 @@ class Supervisor:
         try:
             for slot in self.slots:  # after a second signal (or a crash) runs are left
                 if slot.current is not None:
-                    slot.process.kill()
+                    slot.kill()
                 slot.stop()
                 self._read_all(slot)
                 self._take_over(slot, lambda run_id: store.release(
@@ -405,9 +405,7 @@ class Supervisor:
     def _kill(self, slot: Slot, target: Status, error_type: str, message: str) -> None:
         """Kill the executor of the run at the head of ``slot``, which ends as ``target``."""
         doomed = slot.current.run_id if slot.current else None
-        if slot.process.is_alive():
-            slot.process.kill()
-        slot.process.join(5)
+        slot.kill()
         self._read_all(slot)  # outcomes and claims it reported before it died
 
         def end_head(run_id: int) -> None:

@@ -98,11 +98,9 @@ def test_a_wake_up_makes_an_idle_loop_claim_again():
 
 def test_max_tasks_is_shared_by_the_executors_claims():
     runs = start_noops(5)
-    first, second = run_loop(max_tasks=3, avg_run_seconds=PIPELINE_SECONDS / 10), None
+    first = run_loop(max_tasks=3)
+    # A second executor of the same worker: the same drain flag and --max-tasks counter.
     second = RunLoop(Supervisor(), "w1", None, first.stop_flag, first.claims_left, "default")
-    second.hungry = True
-    first.claims_left.value = 3
-    first.stop_flag.value = 0
     first._settle(2)
     second._settle(2)
     assert (len(first.queue), len(second.queue)) == (2, 1)
