@@ -10,15 +10,13 @@ the admin run most. Not a test: plans are for people to read (and figures for no
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.scratch import open_scratch_database  # noqa: E402
 
 
 def main() -> None:
@@ -26,22 +24,11 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--db", choices=["postgres", "sqlite"], default="postgres")
     args = parser.parse_args()
-    os.environ["DJANGO_SETTINGS_MODULE"] = "tests.settings"
-    if args.db == "postgres":
-        os.environ.update(TASKS_LIVE_TEST_DB="postgres", TASKS_LIVE_DB_NAME="tl_explain")
-        for sql in ("DROP DATABASE IF EXISTS tl_explain", "CREATE DATABASE tl_explain"):
-            subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", sql], check=True)
-    else:
-        os.environ["TASKS_LIVE_DB_NAME"] = str(Path(tempfile.mkdtemp()) / "explain.sqlite3")
-    import django
-
-    django.setup()
-    from django.core.management import call_command
+    open_scratch_database(args.db, "tl_explain")
     from django.db import connection, transaction
 
     from django_tasks_live import store
 
-    call_command("migrate", verbosity=0)
     started = time.monotonic()
     fill(connection, args.rows)
     print(f"filled {args.rows:,} runs in {time.monotonic() - started:.1f}s ({connection.vendor})")
@@ -78,10 +65,10 @@ def fill(connection, rows: int) -> None:
         INSERT INTO django_tasks_live_run (task_name, status, kind, backend, args, kwargs, queue,
             priority, run_after, attempt, max_attempts, progress_message, steps, error,
             error_type, traceback, errors, worker_id, worker_ids, created_at, updated_at,
-            labels, concurrency_key)
+            labels, concurrency_key, claims_lost, executor)
         SELECT 'task-' || (i % 20), CASE (i % {n}) {case} END, 'live', '', '[]', '{{}}',
             'default', 0, {now}, 1, 1, '', '[]', '', '', '', '[]', '', '[]', {now}, {now},
-            '{{}}', ''
+            '{{}}', '', 0, 'builtin'
         FROM {series}
     """
     with connection.cursor() as cursor:

@@ -1,6 +1,7 @@
 """Settings of one benchmarked system, chosen by environment variables the driver sets.
 
-``BENCH_SYSTEM``: live | dtdb | dtdb_default | q2orm | q2redis | celery | huey
+``BENCH_SYSTEM``: live | dtdb | dtdb_default | q2orm | q2redis | liveq2orm | liveq2redis |
+celery | huey (``liveq2*``: django-tasks-live runs executed by django-q2's qcluster)
 (``dtdb_default``: django-tasks-db with Django's default SQLite settings, no tuning)
 ``BENCH_DB``: sqlite | postgres, ``BENCH_DB_NAME``: file path or database name
 ``BENCH_REDIS_DB``: this system's Redis database number
@@ -30,6 +31,8 @@ INSTALLED_APPS += {
     "dtdb_default": ["django_tasks_db"],
     "q2orm": ["django_q"],
     "q2redis": ["django_q"],
+    "liveq2orm": ["channels", "django_q", "django_tasks_live"],
+    "liveq2redis": ["channels", "django_q", "django_tasks_live"],
 }.get(SYSTEM, [])
 
 if os.environ.get("BENCH_DB", "sqlite") == "postgres":
@@ -62,8 +65,10 @@ else:
         }
     }
 
-if SYSTEM == "live":
+if SYSTEM in ("live", "liveq2orm", "liveq2redis"):
     TASKS_LIVE = {"TASK_MODULES": ["bench.handlers.live"]}
+    if SYSTEM != "live":
+        TASKS_LIVE["EXECUTOR"] = "django_q"
     if os.environ.get("BENCH_LIVE_LAYER", "redis") == "redis":
         CHANNEL_LAYERS = {
             "default": {
@@ -73,17 +78,19 @@ if SYSTEM == "live":
         }
 elif SYSTEM in ("dtdb", "dtdb_default"):
     TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
-elif SYSTEM in ("q2orm", "q2redis"):
+if SYSTEM in ("q2orm", "q2redis", "liveq2orm", "liveq2redis"):
     Q_CLUSTER = {
         "name": "bench",
         "workers": int(os.environ.get("BENCH_CONCURRENCY", "1")),
         "timeout": 60,
         "retry": 120,
-        "save_limit": 0,  # keep every result: the driver counts them
+        # Bare django-q2: keep every result, the driver counts them. Through this app
+        # the run is the result (hand-overs save none).
+        "save_limit": 0 if SYSTEM.startswith("q2") else -1,
         "catch_up": False,
         "log_level": "WARNING",
     }
-    if SYSTEM == "q2orm":
+    if SYSTEM.endswith("q2orm"):
         Q_CLUSTER["orm"] = "default"
     else:
         Q_CLUSTER["redis"] = {"host": "127.0.0.1", "port": 6379, "db": REDIS_DB}

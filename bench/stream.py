@@ -403,12 +403,13 @@ def setup(tmp: Path) -> tuple[dict[str, str], str]:
     import django
 
     django.setup()
-    from django.contrib.auth.models import User
     from django.core.management import call_command
     from django.test import Client
 
+    from tests.support.users import operator
+
     call_command("migrate", verbosity=0)
-    staff = User.objects.create_user("bench", is_staff=True)
+    staff = operator("bench")  # is_staff alone sees only its own runs (none here)
     client = Client()
     client.force_login(staff)
     return env, client.cookies["sessionid"].value

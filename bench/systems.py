@@ -42,11 +42,20 @@ def _redis():
 # ------------------------------------------------------------------ django-tasks-live
 
 
+# BENCH_WORKLOAD (bench/limits.py): run i of a phase as (task, kwargs).
+LIVE_WORKLOADS: dict[str, Callable[[int, int], tuple[str, dict]]] = {
+    "noop": lambda i, tag: ("bench-noop", {"tag": tag}),
+    "keys": lambda i, tag: ("bench-keyed", {"tag": tag, "key": f"k{i % 1000}"}),
+    "hot": lambda i, tag: ("bench-hot", {"tag": tag, "key": "hot"}),
+}
+
+
 def _live_many(n: int, tag: int) -> None:
     import django_tasks_live as tasks_live
 
+    call = LIVE_WORKLOADS[os.environ.get("BENCH_WORKLOAD", "noop")]
     for i in range(0, n, CHUNK):
-        tasks_live.start_many([("bench-noop", {"tag": tag})] * min(CHUNK, n - i))
+        tasks_live.start_many([call(j, tag) for j in range(i, min(n, i + CHUNK))])
 
 
 def _live_one(tag: int) -> None:
@@ -187,6 +196,10 @@ SYSTEMS: dict[str, System] = {
                lambda c: [_django("qcluster")], _q2_many, _q2_one, _q2_completed),
         System("q2redis", "django-q2 qcluster (Redis broker)", True, 1,
                lambda c: [_django("qcluster")], _q2_many, _q2_one, _q2_completed),
+        System("liveq2orm", "django-tasks-live on django-q2 qcluster (ORM broker)", True, 1,
+               lambda c: [_django("qcluster")], _live_many, _live_one, _live_completed),
+        System("liveq2redis", "django-tasks-live on django-q2 qcluster (Redis broker)", True, 1,
+               lambda c: [_django("qcluster")], _live_many, _live_one, _live_completed),
         System("celery", "Celery prefork (Redis, results)", False, 2, _celery_workers,
                _celery_many, _celery_one, _celery_completed),
         System("huey", "Huey process (Redis, results)", False, 1, _huey_workers,

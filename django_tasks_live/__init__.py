@@ -1,7 +1,8 @@
 """django-tasks-live: background tasks for Django, shown live in the browser.
 
 ``from django_tasks_live import task`` registers handlers; ``import django_tasks_live as
-tasks_live`` then ``tasks_live.start("name", ...)``, ``cancel``, ``rerun``, ``wait``.
+tasks_live`` then ``tasks_live.start("name", ...)``, ``cancel``, ``rerun``, ``wait``, ``pause``/``resume``
+a task or queue.
 """
 
 from __future__ import annotations
@@ -18,16 +19,28 @@ __all__ = [
     "TaskTimeout",
     "UnknownTask",
     "acancel",
+    "apause",
+    "apaused",
     "arerun",
+    "aresume",
+    "aruns",
     "astart",
+    "astart_or_get",
     "await_run",
     "cancel",
+    "chain",
     "current_context",
+    "group",
+    "pause",
+    "paused",
     "progress",
     "registry",
     "rerun",
+    "resume",
+    "runs",
     "start",
     "start_many",
+    "start_or_get",
     "task",
     "using",
     "wait",
@@ -35,7 +48,11 @@ __all__ = [
 
 _LAZY = {
     "start": "api", "start_many": "api", "cancel": "api", "rerun": "api", "wait": "api",
+    "runs": "api", "aruns": "api",
+    "start_or_get": "api", "astart_or_get": "api", "chain": "api", "group": "api",
     "astart": "api", "acancel": "api", "arerun": "api", "await_run": "api", "using": "api",
+    "pause": "api", "resume": "api", "paused": "api", "apause": "api", "aresume": "api",
+    "apaused": "api",
     "TaskContext": "context", "Canceled": "context", "TaskTimeout": "context",
     "current_context": "context", "progress": "context",
     "Status": "states", "IllegalTransition": "states",

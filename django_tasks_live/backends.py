@@ -7,6 +7,9 @@ workers and gets persisted runs, progress, retries and the live stream.
 from __future__ import annotations
 
 import functools
+import inspect
+from collections.abc import Iterable
+from types import ModuleType
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -14,6 +17,7 @@ from django.core import checks
 from django.utils.module_loading import import_string
 
 from . import store
+from .arguments import validate
 from .compat import (
     BaseTaskBackend,
     Task,
@@ -73,18 +77,13 @@ class LiveTasksBackend(BaseTaskBackend):
 
 
 def _create(task: Task, args: list[Any], kwargs: dict[str, Any], alias: str) -> Run:
-    from .jsonvalues import ensure_json
-
-    ensure_json(list(args), "args")
-    ensure_json(dict(kwargs), "kwargs")
-    spec = resolve_django_task(task.module_path)
-    spec.check_arguments(args, kwargs)
+    args, kwargs = validate(resolve_django_task(task.module_path), args, kwargs)
     new = store.NewRun(
         task_name=task.module_path,
         kind="django",
         backend=alias,
-        args=list(args),
-        kwargs=dict(kwargs),
+        args=args,
+        kwargs=kwargs,
         queue=task.queue_name,
         priority=task.priority,
         run_after=task.run_after,
@@ -141,12 +140,38 @@ def _exception_path(path: str) -> str:
     return path if "." in path else "builtins.Exception"
 
 
+def _may_import(module: str) -> bool:
+    """Is ``module`` project code a run may make a worker import?
+
+    A run row names its function by dotted path; a row written straight into the
+    database must not make a worker import an arbitrary module (imports run code).
+    Allowed: modules already imported, and modules inside an installed app or
+    ``TASK_MODULES``, where the project's ``@task`` functions live.
+    """
+    import sys
+
+    from django.apps import apps
+
+    from . import conf
+
+    if module in sys.modules:
+        return True
+    roots = [config.name for config in apps.get_app_configs()] + list(conf.get("TASK_MODULES"))
+    return any(module == root or module.startswith(root + ".") for root in roots)
+
+
 @functools.lru_cache(maxsize=512)
 def _import_task(module_path: str) -> Task:
+    module = module_path.rpartition(".")[0] if isinstance(module_path, str) else ""
+    if not module or not _may_import(module):
+        raise UnknownTask(f"Unknown django task {module_path!r}: not in an installed app's "
+                          "modules or TASK_MODULES, so it is not imported.")
     try:
         obj = import_string(module_path)
     except ImportError as exc:
         raise UnknownTask(f"Unknown django task {module_path!r}: {exc}") from None
+    except Exception as exc:  # the module failed at import: still this run's problem only
+        raise UnknownTask(f"Django task {module_path!r} cannot be imported: {exc!r}") from None
     if not isinstance(obj, Task):  # only decorated tasks may be started: nothing else is called
         raise UnknownTask(f"{module_path!r} is not a django.tasks Task.")
     return obj
@@ -174,18 +199,44 @@ def _spec(task: Task) -> TaskSpec:
         def call(ctx: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
             return func(*leading(ctx), *args, **kwargs)
     call.__signature__ = _signature_with_ctx(func, task.takes_context)  # type: ignore[attr-defined]
-    return TaskSpec(name=task.module_path, func=call, queue=task.queue_name, priority=task.priority)
+    call.__wrapped__ = func  # type: ignore[attr-defined]  # its annotations: arguments.validate
+    return TaskSpec(name=task.module_path, func=call, queue=task.queue_name, priority=task.priority,
+                    description=(inspect.getdoc(func) or "").split("\n\n")[0],
+                    kind="django", backend=task.backend)
+
+
+def register_django_tasks(modules: Iterable[ModuleType]) -> list[TaskSpec]:
+    """Register the ``django.tasks`` Tasks defined in ``modules`` that run on this backend.
+
+    Registered, they are first-class like ``@task`` handlers: the start endpoint and
+    ``{% task_item %}`` start them, schedules fire them, the admin lists them. Only Tasks
+    found in imported modules (``<app>.tasks``, ``TASK_MODULES``) are, never a name taken
+    from a request, so nothing a visitor names gets imported.
+    """
+    from .registry import registry
+
+    added = []
+    for module in modules:
+        for value in list(vars(module).values()):
+            if isinstance(value, Task) and _runs_here(value.backend):
+                spec = _spec(value)
+                registry.add(spec)
+                added.append(spec)
+    return added
+
+
+def _runs_here(alias: str) -> bool:
+    try:
+        return isinstance(task_backends[alias], LiveTasksBackend)
+    except Exception:  # an alias missing from TASKS, or a backend that fails to load
+        return False
 
 
 def _is_async(func: Any) -> bool:
-    import inspect
-
     return inspect.iscoroutinefunction(func)
 
 
 def _signature_with_ctx(func: Any, takes_context: bool) -> Any:
-    import inspect
-
     sig = inspect.signature(func)
     params = list(sig.parameters.values())
     if takes_context:
@@ -195,8 +246,8 @@ def _signature_with_ctx(func: Any, takes_context: bool) -> Any:
 
 
 def send_signal(run: Run, which: str) -> None:
-    """Send Django's ``task_started`` / ``task_finished`` for a django run."""
+    """Send Django's ``task_enqueued`` / ``task_started`` / ``task_finished`` for a django run."""
     task = _import_task(run.task_name)
     backend = type(task_backends[run.backend or task.backend])
-    signal = task_started if which == "started" else task_finished
+    signal = {"enqueued": task_enqueued, "started": task_started}.get(which, task_finished)
     signal.send(sender=backend, task_result=to_result(run, task))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import datetime as dt
 import functools
+import inspect
 import logging
 import math
 import time
@@ -14,17 +16,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import DatabaseError, close_old_connections
+from django.utils import timezone
 
 from . import conf, events, store
-from .jsonvalues import storable_text
+from .jsonvalues import ensure_json, safe_str
+from .models import public_steps
 from .states import ACTIVE, Status
 
 logger = logging.getLogger(__name__)
 
 
 def _message_text(message: Any) -> str:
-    """A progress message as stored: text, storable (no NUL), at most 2,000 characters."""
-    return storable_text(str(message))[:2000]
+    """A progress message as stored: text, storable (no NUL or lone surrogate: they
+    would fail the write on every database), at most 2,000 characters."""
+    return safe_str(message)[:2000]
 
 
 class Canceled(Exception):
@@ -33,6 +38,20 @@ class Canceled(Exception):
 
 class TaskTimeout(Exception):
     """Raised by ``ctx.check()`` when the run's time limit has passed."""
+
+
+class SleepRequested(BaseException):
+    """Raised by ``ctx.sleep()`` to end the attempt; the runner resumes the run at ``until``.
+
+    A ``BaseException`` so that a handler's ``except Exception`` does not swallow it.
+    """
+
+    def __init__(self, name: str, until: dt.datetime) -> None:
+        self.name, self.until = name, until
+        super().__init__(f"sleeping until {until.isoformat()} ({name})")
+
+
+MAX_STEP_NAME = 100
 
 
 @dataclass(frozen=True)
@@ -95,7 +114,9 @@ class TaskContext:
         self._dirty = False
         self._last_persist = 0.0
         self._last_push = 0.0
-        self._last_status_read = time.monotonic()
+        # Never read yet: the first check reads the status, so a cancel requested just
+        # before the handler began is seen at once.
+        self._last_status_read = -math.inf
         self._status: str = Status.RUNNING
 
     # -- progress ---------------------------------------------------------------
@@ -140,6 +161,106 @@ class TaskContext:
         self._fields["percent"] = self._percent()
         self._dirty = True
         self._maybe_write(force=True)
+
+    # -- durable steps ----------------------------------------------------------
+
+    def step_run[T](self, name: str, fn: Callable[[], T]) -> T:
+        """Run ``fn()`` as the durable step ``name`` and store its result (JSON) on the run.
+
+        A step that completed in an earlier attempt (a retry, or a run rescued after its
+        worker was killed) is not executed again: its stored result is returned. A step
+        runs at least once: if its result cannot be stored, the attempt fails and the
+        step runs again on the next one.
+        """
+        done, result = self._replay(name)
+        if done:
+            return result
+        self._begin(name)
+        result = fn()
+        self._complete(name, result)
+        return result
+
+    def sleep(self, name: str, seconds: float) -> None:
+        """End this attempt now and resume the run ``seconds`` later, freeing the executor.
+
+        The run waits as ``retrying`` (claimable once ``run_after`` passes) without using
+        up an attempt. When the handler runs again, completed durable steps return their
+        stored results and this call, its time having come, returns at once.
+        """
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not (
+            0 <= seconds < float("inf")
+        ):
+            raise ValueError(f"sleep seconds must be a finite number >= 0, got {seconds!r}.")
+        step = self._durable_step(name)
+        now = timezone.now()
+        if step["state"] == "done":
+            return
+        if step["state"] == "sleeping":
+            until = dt.datetime.fromisoformat(step["until"])
+            if until <= now:  # woken: the sleep is over
+                step.pop("until", None)
+                self._save_step(step, "done")
+                return
+        else:
+            until = now + dt.timedelta(seconds=seconds)
+            step.update(state="sleeping", until=until.isoformat())
+        # Not written here: the runner writes it with the attempt's outcome.
+        raise SleepRequested(name, until)
+
+    def pause_fields(self, pause: SleepRequested) -> dict[str, Any]:
+        """The progress fields to write when the attempt ends in ``ctx.sleep()``."""
+        self._fields["steps"] = self._steps
+        self._fields["progress_message"] = _message_text(
+            f"Sleeping until {pause.until.isoformat(timespec='seconds')} ({pause.name})"
+        )
+        return dict(self._fields)
+
+    def _durable_step(self, name: str) -> dict[str, Any]:
+        """The step ``name`` (declared, or added to the run's steps on first use)."""
+        if not isinstance(name, str) or not name or len(name) > MAX_STEP_NAME or "\x00" in name:
+            raise ValueError(
+                f"A step name must be a non-empty string of at most {MAX_STEP_NAME} characters "
+                f"(no NUL), got {name!r}."
+            )
+        for step in self._steps:
+            if step["name"] == name:
+                return step
+        step = {"name": name, "weight": 1.0, "state": "pending"}
+        self._steps.append(step)
+        return step
+
+    def _replay(self, name: str) -> tuple[bool, Any]:
+        """(True, stored result) if the durable step ``name`` completed before."""
+        step = self._durable_step(name)
+        if step["state"] == "done" and "result" in step:
+            return True, step["result"]
+        return False, None
+
+    def _begin(self, name: str) -> None:
+        for step in self._steps:
+            if step["state"] == "running":
+                step["state"] = "done"
+        self._save_step(self._durable_step(name), "running")
+
+    def _complete(self, name: str, result: Any) -> None:
+        ensure_json(result, f"the result of step {name!r}")
+        step = self._durable_step(name)
+        step["result"] = result
+        self._save_step(step, "done")
+
+    def _save_step(self, step: dict[str, Any], state: str) -> None:
+        """Write ``step`` in ``state`` now. Unlike progress, a failed write is raised: a
+        step reported done must be stored before the handler goes on."""
+        step["state"] = state
+        self._fields.update(steps=self._steps, percent=self._percent())
+        fields = dict(self._fields)
+        status = db_call(lambda: store.save_progress(self.run.id, **fields))
+        self._last_persist = self._last_push = time.monotonic()
+        self._dirty = False
+        self._note_status(status or Status.CANCELED)
+        if self._status not in ACTIVE:
+            # Rescued elsewhere or ended: this attempt must not go on (nothing was written).
+            raise Canceled(f"Run {self.run.id} is no longer running here ({self._status}).")
 
     def _percent(self) -> float | None:
         current = self._fields.get("progress_current")
@@ -204,7 +325,7 @@ class TaskContext:
                 "percent": self._fields.get("percent"),
                 "message": self._fields.get("progress_message", ""),
             },
-            "steps": self._steps,
+            "steps": public_steps(self._steps),
         }
 
     # -- cancel and timeout -----------------------------------------------------
@@ -216,9 +337,7 @@ class TaskContext:
 
     def is_canceled(self) -> bool:
         """True once a cancel was requested (re-read from the database now and then)."""
-        if self._status not in ACTIVE:
-            return True
-        if self._status == Status.CANCEL_REQUESTED:
+        if self._stopping():
             return True
         if time.monotonic() - self._last_status_read >= conf.get("CANCEL_CHECK_INTERVAL"):
             try:
@@ -228,6 +347,16 @@ class TaskContext:
                 self._last_status_read = time.monotonic()
                 return False
             self._note_status(status or Status.CANCELED)
+        return self._stopping()
+
+    def _stopping(self) -> bool:
+        """The last status seen says stop: a cancel was asked, or the run was ended
+        elsewhere (claimed and running both mean go on)."""
+        return self._status == Status.CANCEL_REQUESTED or self._status not in ACTIVE
+
+    def cancel_seen(self) -> bool:
+        """True if a cancel request was already seen (no database read: the runner
+        asks when a handler returns)."""
         return self._status != Status.RUNNING
 
     def time_left(self) -> float | None:
@@ -250,6 +379,21 @@ class TaskContext:
 
     async def astep(self, name: str, message: str | None = None) -> None:
         await _off_loop(functools.partial(self.step, name, message))
+
+    async def astep_run(self, name: str, fn: Callable[[], Any]) -> Any:
+        """Async twin of :meth:`step_run`; ``fn`` may return an awaitable."""
+        done, result = await _off_loop(functools.partial(self._replay, name))
+        if done:
+            return result
+        await _off_loop(functools.partial(self._begin, name))
+        result = fn()
+        if inspect.isawaitable(result):
+            result = await result
+        await _off_loop(functools.partial(self._complete, name, result))
+        return result
+
+    async def asleep(self, name: str, seconds: float) -> None:
+        await _off_loop(functools.partial(self.sleep, name, seconds))
 
     async def ais_canceled(self) -> bool:
         return await _off_loop(self.is_canceled)

@@ -6,10 +6,13 @@ only the fast path, so a push that is lost costs latency, never an event.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from django.db import transaction
@@ -34,10 +37,29 @@ def message(event_id: int | None, kind: str, state: dict[str, Any],
 
 
 def publish(messages: Iterable[dict[str, Any]], using: str = "default") -> None:
-    """Push ``messages`` to the channel layer once the current transaction commits."""
+    """Push ``messages`` to the channel layer once the current transaction commits
+    (held back for up to the :func:`holding` window this thread is in, if any)."""
     batch = list(messages)
     if batch:
-        transaction.on_commit(lambda: pusher.push(batch), using=using)
+        hold = _hold.get()
+        transaction.on_commit(lambda: pusher.push(batch, hold), using=using)
+
+
+_hold: contextvars.ContextVar[float] = contextvars.ContextVar("tasks_live_push_hold", default=0.0)
+
+
+@contextlib.contextmanager
+def holding(seconds: float) -> Iterator[None]:
+    """Events published in this block may wait up to ``seconds`` before their push, to
+    travel with the next push of this process in one layer message: a django-q2 worker
+    holds a run's claim event so that a short run's claim and outcome cost one
+    ``group_send`` (they are persisted at once all the same; a stream that sees a
+    later id first reads the held one from the database)."""
+    token = _hold.set(seconds)
+    try:
+        yield
+    finally:
+        _hold.reset(token)
 
 
 def push_now(messages: Iterable[dict[str, Any]]) -> None:
@@ -82,16 +104,19 @@ class _Pusher:
 
     The runner never waits on the layer: a slow or absent layer must not slow tasks.
     The queue is bounded; when it is full new pushes are dropped, which subscribers
-    notice as a gap in event ids and fill from the database.
+    notice as a gap in event ids and fill from the database. A push may be held back
+    (``hold`` seconds at most): it is sent with the next push that is not, or when its
+    time is up, whichever comes first; messages always leave in the order pushed.
     """
 
     def __init__(self, maxsize: int = 10_000) -> None:
-        self._queue: queue.Queue[list[dict[str, Any]]] = queue.Queue(maxsize)
+        self._queue: queue.Queue[tuple[list[dict[str, Any]], float]] = queue.Queue(maxsize)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._enabled = True
+        self._held = 0  # messages the thread holds back (taken from the queue, not sent)
 
-    def push(self, batch: list[dict[str, Any]]) -> None:
+    def push(self, batch: list[dict[str, Any]], hold: float = 0.0) -> None:
         if not batch:
             return
         if _layer_is_local():
@@ -108,7 +133,7 @@ class _Pusher:
             return
         self._ensure_thread()
         try:
-            self._queue.put_nowait(batch)
+            self._queue.put_nowait((batch, time.monotonic() + hold))
         except queue.Full:
             logger.warning("tasks_live: push queue full, %d events left to replay", len(batch))
 
@@ -133,27 +158,46 @@ class _Pusher:
             self._enabled = False
             return
         loop = asyncio.new_event_loop()
+        pending: list[dict[str, Any]] = []
+        send_by = float("inf")  # when the held messages must leave at the latest
         while True:
-            pending = list(self._queue.get())
-            while len(pending) < BATCH_MAX:  # take whatever else is already waiting
-                try:
-                    pending += self._queue.get_nowait()
-                except queue.Empty:
-                    break
-            for start in range(0, len(pending), BATCH_MAX):
-                chunk = pending[start:start + BATCH_MAX]
-                msg = chunk[0] if len(chunk) == 1 else {"type": BATCH_TYPE, "messages": chunk}
-                try:
-                    loop.run_until_complete(layer.group_send(GROUP, msg))
-                except Exception:  # the layer is best effort; the DB has the event
-                    logger.exception("tasks_live: channel layer push failed")
+            wait = send_by - time.monotonic()
+            try:  # block while nothing is held; else until the held ones are due
+                batch, due = self._queue.get(timeout=wait) if wait < float("inf") \
+                    else self._queue.get()
+                while True:
+                    pending += batch
+                    self._held = len(pending)
+                    send_by = min(send_by, due)
+                    if len(pending) >= BATCH_MAX:
+                        break
+                    batch, due = self._queue.get_nowait()  # whatever else is waiting
+            except (queue.Empty, ValueError):  # ValueError: a negative timeout (overdue)
+                pass
+            if not pending:
+                send_by = float("inf")
+            elif time.monotonic() >= send_by or len(pending) >= BATCH_MAX:
+                self._send(loop, layer, pending)
+                pending, send_by, self._held = [], float("inf"), 0
+
+    @staticmethod
+    def _send(loop: Any, layer: Any, pending: list[dict[str, Any]]) -> None:
+        for start in range(0, len(pending), BATCH_MAX):
+            chunk = pending[start:start + BATCH_MAX]
+            msg = chunk[0] if len(chunk) == 1 else {"type": BATCH_TYPE, "messages": chunk}
+            try:
+                loop.run_until_complete(layer.group_send(GROUP, msg))
+            except Exception:  # the layer is best effort; the DB has the event
+                logger.exception("tasks_live: channel layer push failed")
 
     def flush(self, timeout: float = 2.0) -> None:
-        """Wait until queued pushes were handed to the layer (used at worker exit)."""
-        import time
-
+        """Hand queued and held pushes to the layer now and wait until they are gone
+        (used at worker exit, and before a worker kills itself)."""
         deadline = time.monotonic() + timeout
-        while not self._queue.empty() and time.monotonic() < deadline:
+        if self._thread is not None and self._thread.is_alive():
+            with contextlib.suppress(queue.Full):
+                self._queue.put_nowait(([], time.monotonic()))  # due now: sends the held
+        while (not self._queue.empty() or self._held) and time.monotonic() < deadline:
             time.sleep(0.01)
 
 

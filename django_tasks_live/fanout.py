@@ -4,9 +4,9 @@ Channel layers drop messages silently, and on PostgreSQL concurrent transactions
 commit event ids out of order. So a layer message about a persisted event is only a
 wake-up: the :class:`Hub` reads new ``RunEvent`` rows itself, in id order, once per
 process however many streams are open, and never moves its cursor past a hole in the
-ids until the hole is filled or has stayed empty for ``SSE_GAP_SETTLE`` seconds (an id
-taken by a transaction that rolled back). It also polls every ``SSE_POLL_INTERVAL``
-seconds, so events written by a process the layer does not reach still arrive.
+ids until the hole is filled or can no longer be (see :class:`Hole`). It also polls
+every ``SSE_POLL_INTERVAL`` seconds, so events written by a process the layer does not
+reach still arrive.
 
 Push-only progress (messages with id None) is forwarded as is, after any read in
 flight, so it never overtakes an older persisted event.
@@ -40,6 +40,9 @@ from .states import TERMINAL
 logger = logging.getLogger(__name__)
 
 READ_BATCH = 500
+# Events read per round at most: a burst of thousands goes out over a few rounds
+# instead of being held in memory all at once (daphne keeps its peak memory).
+ROUND_MAX = 4 * READ_BATCH
 GROUP_REFRESH = 300.0  # re-join the layer group well inside any group expiry
 OWNER_CACHE = 50_000
 WRITE_COST = 50e-6  # batching window per open stream, in seconds (see _poll_loop)
@@ -54,8 +57,18 @@ class Item:
     run_id: int
     owner_id: int | None
     kind: str
-    state: dict[str, Any]
+    state: dict[str, Any]  # only what stream filters read (see matched)
     frame: bytes
+
+
+# The fields of a run's state that stream filters and authorization read. An item keeps
+# only these beside its frame: a held batch then costs its frames, not every state too
+# (a stalled stream's mailbox holds up to SSE_QUEUE_SIZE items).
+MATCHED_FIELDS = ("id", "task", "status", "labels")
+
+
+def matched(state: dict[str, Any]) -> dict[str, Any]:
+    return {name: state[name] for name in MATCHED_FIELDS if name in state}
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,18 +91,18 @@ def encode(event: str, data: Any, event_id: int | None = None) -> bytes:
 
 
 def item_from_event(ev: RunEvent) -> Item:
-    return Item(ev.pk, ev.run_id, getattr(ev, "run_owner_id", None), ev.kind, ev.data,
+    return Item(ev.pk, ev.run_id, getattr(ev, "run_owner_id", None), ev.kind, matched(ev.data),
                 encode("run", {"kind": ev.kind, "run": ev.data}, ev.pk))
 
 
 def item_from_message(msg: dict[str, Any]) -> Item:
     state = msg["run"]
-    return Item(msg["id"], state["id"], msg["owner"], msg["kind"], state,
+    return Item(msg["id"], state["id"], msg["owner"], msg["kind"], matched(state),
                 encode("run", {"kind": msg["kind"], "run": state}, msg["id"]))
 
 
 def item_from_push(state: dict[str, Any], owner_id: int | None) -> Item:
-    return Item(None, state["id"], owner_id, "progress", state,
+    return Item(None, state["id"], owner_id, "progress", matched(state),
                 encode("progress", {"run": state}))
 
 
@@ -150,6 +163,22 @@ class Mailbox:
         return entries, overflowed, heartbeat
 
 
+@dataclass(slots=True)
+class Hole:
+    """Event ids missing below newer committed ones (PostgreSQL commits out of order).
+
+    Only a transaction that was writing events when the hole was seen can still fill
+    it (one that took an id below a committed one began before that commit), so the
+    hole is final once all of ``writers`` have ended and a read made after that still
+    lacks ``first``: however long a starved transaction takes to commit, its events are
+    never skipped, and a rolled-back one holds the stream up only until it ends.
+    """
+
+    first: int  # the first missing id
+    writers: frozenset[str]  # store.event_writers() right after the hole was seen
+    cleared: bool = False  # all of them had ended before the latest read began
+
+
 class Hub:
     """The process's (event loop's) single reader and channel-layer subscriber."""
 
@@ -162,8 +191,8 @@ class Hub:
         self._held: list[dict[str, Any]] = []  # push-only messages waiting for a read
         self._pending: dict[int, dict[str, Any]] = {}  # layer messages about new events
         self._owners: OrderedDict[int, tuple[int | None, bool]] = OrderedDict()
-        self._hole: tuple[int, float] | None = None  # (first missing id, first seen)
-        self._settle = 0.0
+        self._hole: Hole | None = None
+        self._ordered = True  # ids commit in id order (SQLite): no hole to wait for
         self._tasks: list[asyncio.Task[None]] = []
         self._outbox: list[Batch | Item] = []  # this round's entries, for every mailbox
         # The hub's reads run on a thread of their own that keeps its DB connection:
@@ -288,38 +317,41 @@ class Hub:
         return any(event_id > self.cursor for event_id in pending)
 
     async def _start_cursor(self) -> None:
-        def start() -> tuple[float, int]:
-            from django.db import connections, router
+        def start() -> tuple[bool, int]:
+            return store.ids_commit_in_order(), store.settled_event_id()
 
-            from .models import Run
-
-            postgres = connections[router.db_for_write(Run)].vendor == "postgresql"
-            # SQLite commits one writer at a time in id order: no holes to wait for.
-            settle = conf.get("SSE_GAP_SETTLE") if postgres else 0.0
-            return settle, store.settled_event_id(settle)
-
-        self._settle, self.cursor = await self._read(start)
+        self._ordered, self.cursor = await self._read(start)
 
     def _read_new(self, cursor: int) -> list[Batch]:
-        """Events after ``cursor`` in id order, up to the first young hole (in a thread)."""
+        """Events after ``cursor`` in id order, up to the first hole that may still fill
+        and at most ``ROUND_MAX`` of them (in a thread); the next round, a batching window
+        later, reads on."""
         batches = []
-        while True:
+        self._recheck_hole()
+        for _ in range(ROUND_MAX // READ_BATCH):
             evs = store.events_after(cursor, limit=READ_BATCH, with_owner=True)
             accepted = self._contiguous(cursor, evs)
             if accepted:
                 after, cursor = cursor, accepted[-1].pk
                 batches.append(Batch(after, cursor, [item_from_event(e) for e in accepted]))
             if len(accepted) < READ_BATCH:
-                return batches
+                break
+        return batches
+
+    def _recheck_hole(self) -> None:
+        """Before a read: whether every writer that could fill the hole has ended (the
+        read that follows then decides: still missing, it is skipped)."""
+        hole = self._hole
+        if hole is not None and not hole.cleared:
+            hole.cleared = not hole.writers & store.event_writers()
 
     def _contiguous(self, cursor: int, evs: list[RunEvent]) -> list[RunEvent]:
         expected = cursor + 1
-        now = time.monotonic()
         for index, ev in enumerate(evs):
-            if ev.pk != expected and self._settle > 0:
-                if self._hole is None or self._hole[0] != expected:
-                    self._hole = (expected, now)
-                if now - self._hole[1] < self._settle:
+            if ev.pk != expected and not self._ordered:
+                if self._hole is None or self._hole.first != expected:
+                    self._hole = Hole(expected, store.event_writers())
+                if not self._hole.cleared:
                     return evs[:index]
                 logger.info("tasks_live: event ids %d..%d never committed; skipped",
                             expected, ev.pk - 1)

@@ -13,7 +13,9 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from .cron import CRON_ALIASES, cron_problem, validate_cron, validate_timezone  # noqa: F401
 from .states import ACTIVE, CLAIMABLE, TERMINAL, Status
+from .waiting import auntil_finished, until_finished
 
 
 class Task(models.Model):
@@ -62,6 +64,14 @@ class Run(models.Model):
     # Execution.
     worker_id = models.CharField(max_length=100, blank=True)
     worker_ids = models.JSONField(default=list, blank=True)
+    # Times a worker was lost while holding this run before its handler began (those
+    # losses use up no attempt, up to LOST_CLAIMS_LIMIT).
+    claims_lost = models.PositiveSmallIntegerField(default=0)
+    # Which engine executes the run ("builtin": tasks_worker, "django_q": a qcluster).
+    executor = models.CharField(max_length=20, default="builtin")
+    # When the run was last handed to its engine (engines other than builtin): a run
+    # waiting with no hand-over since its last change is handed over by the sweeper.
+    handed_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -70,7 +80,18 @@ class Run(models.Model):
     # Organisation.
     labels = models.JSONField(default=dict, blank=True)
     concurrency_key = models.CharField(max_length=200, blank=True)
+    # Constraint groups (limits.py): 0 for a run no limit applies to (all that the hot
+    # paths test); bits limits.SLOTS (holds slots until it ends) and limits.RATE.
+    limited = models.PositiveSmallIntegerField(default=0)
     unique_key = models.CharField(max_length=200, null=True, blank=True)
+    # A key shared only while the run waits (unique and debounced tasks): a claim takes
+    # the run out of tl_run_pending_key, so the next start creates a new run.
+    pending_key = models.CharField(max_length=200, null=True, blank=True)
+    # Chains and groups: the parent run and this run's place in it.
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children"
+    )
+    position = models.PositiveIntegerField(null=True, blank=True)
     rerun_of = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="reruns"
     )
@@ -110,6 +131,23 @@ class Run(models.Model):
                 name="tl_run_active_worker",
             ),
             models.Index(fields=["finished_at"], name="tl_run_finished"),
+            # The hand-over sweeper: waiting runs of other engines (builtin runs, the
+            # bulk, are not in it, so their inserts and claims do not maintain it).
+            models.Index(
+                fields=["executor", "run_after"],
+                condition=Q(status__in=sorted(CLAIMABLE)) & ~Q(executor="builtin"),
+                name="tl_run_handover",
+            ),
+            # Run-once tasks: the completed run of a key.
+            models.Index(fields=["unique_key", "status"], condition=Q(unique_key__isnull=False),
+                         name="tl_run_unique_key"),
+        ]
+        # One per console action; authz says who may do what with them.
+        permissions = [
+            ("start_run", "Can start tasks"),
+            ("cancel_run", "Can cancel runs"),
+            ("rerun_run", "Can rerun runs"),
+            ("pause_run", "Can pause and resume tasks and queues"),
         ]
         constraints = [
             # One run per schedule fire time, however many workers tick.
@@ -123,7 +161,15 @@ class Run(models.Model):
                 condition=Q(unique_key__isnull=False) & ~Q(status__in=sorted(TERMINAL)),
                 name="tl_run_unique_key_active",
             ),
+            models.UniqueConstraint(
+                fields=["pending_key"],
+                condition=Q(pending_key__isnull=False) & Q(status__in=sorted(CLAIMABLE)),
+                name="tl_run_pending_key",
+            ),
         ]
+
+    # Set by start()/start_or_get(): False when a unique task returned an existing run.
+    created: bool = True
 
     def __str__(self) -> str:
         return f"{self.task_name} #{self.pk} ({self.status})"
@@ -146,14 +192,17 @@ class Run(models.Model):
                 "percent": self.percent,
                 "message": self.progress_message,
             },
-            "steps": self.steps,
+            "steps": public_steps(self.steps),
             "labels": self.labels,
             "queue": self.queue,
+            "worker": self.worker_id or None,  # who holds a claimed or running run
             "created_at": _iso(self.created_at),
             "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at),
             "run_after": _iso(self.run_after),
             "rerun_of": self.rerun_of_id,
+            "parent": self.parent_id,
+            "position": self.position,
         }
         if self.status == Status.COMPLETED:
             state["result"] = _summary(self.result)
@@ -161,16 +210,22 @@ class Run(models.Model):
             state["error"] = f"{self.error_type}: {self.error}" if self.error_type else self.error
         return state
 
-    # wait() lives here so `start(...).wait()` reads naturally; it delegates to the api.
+    # wait() lives here so `start(...).wait()` reads naturally (tasks_live.wait shares it).
     def wait(self, timeout: float | None = None, poll: float = 0.05) -> Run:
-        from .api import wait
-
-        return wait(self.pk, timeout=timeout, poll=poll)
+        return until_finished(self.pk, self._reload, timeout, poll)
 
     async def await_(self, timeout: float | None = None, poll: float = 0.05) -> Run:
-        from .api import await_run
+        return await auntil_finished(self.pk, self._reload, timeout, poll)
 
-        return await await_run(self.pk, timeout=timeout, poll=poll)
+    def _reload(self) -> Run:
+        return type(self)._default_manager.using(self._state.db).get(pk=self.pk)
+
+
+def public_steps(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Steps as events carry them: a durable step's stored result stays on the row."""
+    if not any("result" in step for step in steps):
+        return steps
+    return [{k: v for k, v in step.items() if k != "result"} for step in steps]
 
 
 def _iso(value: Any) -> str | None:
@@ -183,6 +238,45 @@ def _summary(result: Any, limit: int = 500) -> Any:
 
     text = json.dumps(result, default=str)
     return result if len(text) <= limit else text[:limit] + "…"
+
+
+class LimitKey(models.Model):
+    """One key of a constraint group (``<kind>:<group>:<value>``): the row transactions
+    admitting runs of the key lock, its figures and what rates and cooldowns remember."""
+
+    key = models.CharField(max_length=200, primary_key=True)
+    cap = models.PositiveIntegerField(default=1)  # runs holding the key at once
+    rate = models.PositiveIntegerField(null=True, blank=True)  # rate: starts per window
+    window = models.FloatField(null=True, blank=True)  # rate window, cooldown gap (s)
+    starts = models.JSONField(default=list, blank=True)  # rate: the latest start times
+    finished_at = models.DateTimeField(null=True, blank=True)  # cooldown: the last end
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class RunLimit(models.Model):
+    """A limited run's place in one key: waiting for room, or holding a slot (from
+    admission until the run ends; a rate key's until the run starts)."""
+
+    id = models.BigAutoField(primary_key=True)
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="limit_rows")
+    key = models.CharField(max_length=200)
+    holding = models.BooleanField(default=False)
+    priority = models.IntegerField(default=0)  # the run's: waiting rows go in claim order
+    due = models.DateTimeField(default=timezone.now)  # the run's own run_after
+    needs = models.PositiveSmallIntegerField(default=1)  # keys the run needs in all
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["run", "key"], name="tl_limit_run_key")]
+        indexes = [
+            models.Index(fields=["key", "-priority", "run"], condition=Q(holding=False),
+                         name="tl_limit_waiting"),
+            models.Index(fields=["key"], condition=Q(holding=True), name="tl_limit_holding"),
+        ]
+
+    def __str__(self) -> str:
+        return f"run {self.run_id} {'holds' if self.holding else 'waits for'} {self.key}"
 
 
 class RunEvent(models.Model):
@@ -200,26 +294,6 @@ class RunEvent(models.Model):
 
     def __str__(self) -> str:
         return f"event {self.pk} run {self.run_id} {self.kind}:{self.status}"
-
-
-def validate_cron(value: str) -> None:
-    from croniter import croniter
-
-    if not isinstance(value, str) or not croniter.is_valid(value):
-        raise ValidationError(f"{value!r} is not a valid cron expression.", code="invalid_cron")
-    try:  # valid syntax that matches no date at all, e.g. "0 0 31 2 *"
-        croniter(value, timezone.now()).get_next(float)
-    except (ValueError, KeyError):
-        raise ValidationError(f"{value!r} never fires.", code="invalid_cron") from None
-
-
-def validate_timezone(value: str) -> None:
-    import zoneinfo
-
-    try:
-        zoneinfo.ZoneInfo(value)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-        raise ValidationError(f"{value!r} is not a known time zone.", code="invalid_tz") from exc
 
 
 class Schedule(models.Model):
@@ -243,10 +317,23 @@ class Schedule(models.Model):
         return f"{self.name} ({self.cron})"
 
     def clean(self) -> None:
+        from .jsonvalues import ensure_json
+        from .queues import check_queue
         from .registry import registry
 
+        errors = {}
         if self.task_name and self.task_name not in registry:
-            raise ValidationError({"task_name": registry.unknown_message(self.task_name)})
+            errors["task_name"] = registry.unknown_message(self.task_name)
+        try:
+            check_queue(self.queue)
+        except ValueError as exc:
+            errors["queue"] = str(exc)
+        try:  # what every fire time would refuse: NUL, lone surrogates, deep nesting
+            ensure_json(self.kwargs, "kwargs")
+        except TypeError as exc:
+            errors["kwargs"] = str(exc)
+        if errors:
+            raise ValidationError(errors)
 
 
 class Worker(models.Model):
@@ -258,6 +345,8 @@ class Worker(models.Model):
     started_at = models.DateTimeField(default=timezone.now)
     heartbeat_at = models.DateTimeField(default=timezone.now)
     stopped_at = models.DateTimeField(null=True, blank=True)
+    # Set when its heartbeat expired and recovery took its runs (cleared if it comes back).
+    lost_at = models.DateTimeField(null=True, blank=True)
     processed = models.PositiveIntegerField(default=0)
 
     class Meta:
@@ -265,3 +354,62 @@ class Worker(models.Model):
 
     def __str__(self) -> str:
         return self.id
+
+
+class Lease(models.Model):
+    """A named, expiring lease: one worker at a time does a periodic job (retention)."""
+
+    name = models.CharField(max_length=50, primary_key=True)
+    holder = models.CharField(max_length=100, blank=True)
+    until = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.holder} until {self.until:%Y-%m-%d %H:%M:%S})"
+
+
+class Pause(models.Model):
+    """A paused task or queue: no worker claims its runs until the row is deleted
+    (resume). Read by :mod:`django_tasks_live.pauses`; a handful of rows at most."""
+
+    TASK, QUEUE = "task", "queue"
+
+    kind = models.CharField(max_length=10, choices=[(TASK, "task"), (QUEUE, "queue")])
+    name = models.CharField(max_length=200)
+    reason = models.CharField(max_length=200, blank=True)
+    paused_by = models.CharField(max_length=150, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["kind", "name"]
+        constraints = [models.UniqueConstraint(fields=["kind", "name"], name="tl_pause_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name} paused"
+
+
+class Rollup(models.Model):
+    """Runs finished in one minute (``span`` 60) or one hour (3600), per task, queue and
+    final status: what the dashboard and the metrics endpoint read, so they cost
+    O(minutes shown), never O(runs). Written by :mod:`django_tasks_live.rollups`; a row
+    with an empty task name marks the period as rolled (zero runs is an answer too)."""
+
+    span = models.PositiveIntegerField()  # seconds: 60 or 3600
+    start = models.DateTimeField()
+    task_name = models.CharField(max_length=200, blank=True)
+    queue = models.CharField(max_length=100, blank=True)
+    status = models.CharField(max_length=20, blank=True)
+    count = models.PositiveIntegerField(default=0)
+    retries = models.PositiveIntegerField(default=0)  # attempts beyond the first
+    duration_sum = models.FloatField(default=0.0)  # seconds, over runs that started
+    # Runs per duration bucket (rollups.DURATION_BUCKETS, then +Inf), not cumulative.
+    buckets = models.JSONField(default=list)
+
+    class Meta:
+        constraints = [
+            # Two web processes rolling the same period insert the same rows: one stays.
+            models.UniqueConstraint(fields=["span", "start", "task_name", "queue", "status"],
+                                    name="tl_rollup_one"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task_name or 'rolled'} {self.status} {self.start:%Y-%m-%d %H:%M} x{self.count}"

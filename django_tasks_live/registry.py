@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from . import limits as limits_module
+from .cron import validate_cron, validate_timezone
+from .uniqueness import UniqueRule, rule
 
 BACKOFFS = ("fixed", "linear", "exponential")
 
@@ -36,6 +40,18 @@ class TaskSpec:
     cron: str | None = None
     cron_timezone: str = "UTC"
     description: str = ""
+    # "live": an @task handler; "django": a django.tasks Task on a LiveTasksBackend
+    # (``backend`` is its TASKS alias), called through a wrapper that drops ctx.
+    kind: str = "live"
+    backend: str = ""
+    # The engine that executes its runs (None: per queue, then TASKS_LIVE["EXECUTOR"]).
+    executor: str | None = None
+    unique: UniqueRule | None = None  # unique, debounced or run-once starts
+    # Called as should_execute(ctx, *args, **kwargs) when a run's turn comes, before the
+    # handler: True runs it; False or a reason (a string) ends it skipped.
+    should_execute: Callable[..., bool | str] | None = None
+    # Constraint groups (concurrency, rate, cooldown): see django_tasks_live.limits.
+    limits: tuple[limits_module.Limit, ...] = ()
     signature: inspect.Signature = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -54,14 +70,32 @@ class TaskSpec:
             "priority": self.priority,
             "cron": self.cron,
             "steps": [list(step) for step in self.steps],
+            **({"django_task": True, "backend": self.backend} if self.kind == "django" else {}),
+            "unique": None if self.unique is None else {
+                "scope": self.unique.scope, "debounce": self.unique.debounce,
+                "run_once": self.unique.once},
+            **({"should_execute": _qualname(self.should_execute)} if self.should_execute else {}),
+            **({"limits": [limit.describe() for limit in self.limits]} if self.limits else {}),
         }
 
-    def check_arguments(self, args: Iterable[Any], kwargs: Mapping[str, Any]) -> None:
-        """Raise ``TypeError`` if the handler could not be called with these arguments."""
-        try:
-            self.signature.bind(None, *args, **kwargs)  # None stands for ctx
-        except TypeError as exc:
-            raise TypeError(f"Bad arguments for task {self.name!r}: {exc}") from None
+    def arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """The handler's arguments of a start by name, defaults applied (ctx left out)."""
+        bound = self.signature.bind(None, *args, **kwargs)  # None stands for ctx
+        bound.apply_defaults()
+        return dict(list(bound.arguments.items())[1:])
+
+    def unique_key_for(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str | None:
+        """The key a start of this task shares runs by (None: it shares nothing)."""
+        if self.unique is None:
+            return None
+        return self.unique.key_for(self.name, self.arguments(args, kwargs), args, kwargs)
+
+    def check_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+        """Raise ``TypeError`` (:class:`arguments.ArgumentError`) if the handler does not
+        take these arguments: its signature and annotations (:func:`arguments.validate`)."""
+        from .arguments import validate
+
+        validate(self, args, kwargs)
 
 
 class Registry:
@@ -94,6 +128,10 @@ class Registry:
         except KeyError:
             raise UnknownTask(self.unknown_message(name)) from None
 
+    def find(self, name: str) -> TaskSpec | None:
+        """The spec registered under ``name``, or None."""
+        return self._specs.get(name)
+
     def unknown_message(self, name: str) -> str:
         close = difflib.get_close_matches(str(name), list(self._specs), n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
@@ -106,6 +144,13 @@ registry = Registry()
 
 def _qualname(func: Callable[..., Any]) -> str:
     return f"{func.__module__}.{func.__qualname__}"
+
+
+def _key_parameters(params: Sequence[inspect.Parameter]) -> list[str] | None:
+    """Argument names a key template may use (None: any, the handler takes **kwargs)."""
+    if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.kind != inspect.Parameter.VAR_POSITIONAL]
 
 
 def _normalize_steps(steps: Any) -> tuple[tuple[str, float], ...]:
@@ -140,11 +185,25 @@ def task(
     priority: int = 0,
     cron: str | None = None,
     cron_timezone: str = "UTC",
+    executor: str | None = None,
+    unique: bool = False,
+    unique_key: str | Callable[..., str | None] | None = None,
+    unique_while: str | None = None,
+    debounce: float | None = None,
+    run_once: bool = False,
+    should_execute: Callable[..., bool | str] | None = None,
+    limits: Iterable[limits_module.Limit | Mapping[str, Any]] | None = None,
 ) -> Any:
     """Register ``func(ctx, **kwargs)`` as a task handler.
 
     ``@task`` uses the function's dotted path as its name; ``@task("import-data", ...)``
     names it. ``retries`` is the number of retries after the first attempt.
+    ``executor`` ("builtin", "django_q") picks the engine that runs it.
+    ``unique``/``unique_key``/``unique_while``, ``debounce`` and ``run_once`` make starts
+    share runs (see :mod:`django_tasks_live.uniqueness`). ``should_execute(ctx, *args,
+    **kwargs)`` is asked when a run's turn comes: False (or a reason string) ends the run
+    ``skipped`` without calling the handler. ``limits`` (:mod:`django_tasks_live.limits`:
+    ``Concurrency``, ``Rate``, ``Cooldown``) hold a run pending until every one allows it.
     """
     if callable(name):  # bare @task
         return task()(name)
@@ -172,11 +231,19 @@ def task(
         if not (isinstance(exc_type, type) and issubclass(exc_type, BaseException)):
             raise TypeError(f"retry_on takes exception classes, got {exc_type!r}.")
     if cron is not None:
-        from .models import validate_cron, validate_timezone
-
         validate_cron(cron)
         validate_timezone(cron_timezone)
     normalized_steps = _normalize_steps(steps)
+    if should_execute is not None and (
+        not callable(should_execute) or inspect.iscoroutinefunction(should_execute)
+    ):
+        raise TypeError("should_execute must be a plain (not async) callable taking "
+                        f"(ctx, *args, **kwargs), got {should_execute!r}.")
+    declared_limits = limits_module.declared(limits)
+    if executor is not None:
+        from .executors import check_name
+
+        check_name(executor, "executor")
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         params = list(inspect.signature(func).parameters.values())
@@ -185,8 +252,14 @@ def task(
             inspect.Parameter.POSITIONAL_OR_KEYWORD,
         ):
             raise TypeError(f"Task handler {_qualname(func)} must take ctx as first argument.")
+        unique_rule = rule(unique=unique, unique_key=unique_key, unique_while=unique_while,
+                           debounce=debounce, run_once=run_once,
+                           parameters=[p.name for p in params[1:]])
+        task_name = name or _qualname(func)
+        for limit in declared_limits:
+            limit.check_parameters(task_name, _key_parameters(params[1:]))
         spec = TaskSpec(
-            name=name or _qualname(func),
+            name=task_name,
             func=func,
             timeout=timeout,
             max_attempts=retries + 1,
@@ -199,6 +272,10 @@ def task(
             cron=cron,
             cron_timezone=cron_timezone,
             description=(inspect.getdoc(func) or "").split("\n\n")[0],
+            executor=executor,
+            unique=unique_rule,
+            should_execute=should_execute,
+            limits=declared_limits,
         )
         registry.add(spec)
         func.task_name = spec.name  # type: ignore[attr-defined]

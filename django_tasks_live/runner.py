@@ -19,8 +19,9 @@ from django.db import InterfaceError, OperationalError, close_old_connections
 from django.utils import timezone
 
 from . import conf, store
-from .context import Canceled, TaskContext, TaskTimeout
-from .jsonvalues import ensure_json, storable_text
+from .arguments import for_handler
+from .context import Canceled, SleepRequested, TaskContext, TaskTimeout
+from .jsonvalues import ensure_json, safe_str, storable_text
 from .models import Run
 from .registry import TaskSpec, UnknownTask, registry
 from .states import CLAIMABLE, Status
@@ -56,10 +57,27 @@ Recorder = Callable[[Run, Status, dict[str, Any]], Run | None]
 def record_now(run: Run, target: Status, fields: dict[str, Any]) -> Run | None:
     """Write the outcome at once. It must not be lost to a database outage: retry until
     the database is back (the handler's work is done and cannot be redone for free)."""
+    return _until_written(run, target, lambda: store.transition_if(run.pk, target, **fields))
+
+
+def record_as_claimer(run: Run, target: Status, fields: dict[str, Any]) -> Run | None:
+    """Like :func:`record_now`, through the workers' guarded outcome UPDATE: written only
+    while the run is still its claimer's (a rescued and reclaimed run is not
+    overwritten), from the claimed row (no re-read). For engines that claim one run at
+    a time (django-q2)."""
+    def write() -> Run | None:
+        outcome = store.Outcome(run.pk, target, fields, run=run)
+        finished, _ = store.settle([outcome], run.worker_id, None, 0)
+        return finished[0] if finished else None
+
+    return _until_written(run, target, write)
+
+
+def _until_written(run: Run, target: Status, write: Callable[[], Run | None]) -> Run | None:
     delay = 0.2
     while True:
         try:
-            return store.transition_if(run.pk, target, **fields)
+            return write()
         except (OperationalError, InterfaceError) as exc:
             logger.warning("Run %s: cannot record %s yet (%s); retrying", run.pk, target, exc)
             close_old_connections()
@@ -73,7 +91,7 @@ def execute(
     """Execute run ``run_id`` and record its outcome; returns the finished run.
 
     A run that is still claimable is claimed first (for engines that hand over ids);
-    a run in any other status than running is left alone (returns None). ``run`` is the
+    a run in any other status than claimed or running is left alone (returns None). ``run`` is the
     row as the claim returned it, which saves a read; ``record`` lets the worker batch
     outcome writes.
     """
@@ -83,7 +101,7 @@ def execute(
         run = store.claim_run(run_id, worker_id)
         if run is None:
             return None
-    if run.status != Status.RUNNING:
+    if run.status not in (Status.CLAIMED, Status.RUNNING):
         return None
     try:
         spec = resolve(run)
@@ -101,7 +119,11 @@ def execute(
     _django_signal(run, "started")
     token = ctx.bind()
     try:
-        result = _call(spec, ctx, run, timeout)
+        args, kwargs = for_handler(spec, run.args, run.kwargs)  # enums, dataclasses, models
+        skipped = _skip_reason(spec, ctx, run, args, kwargs)
+        result = None if skipped else _call(spec, ctx, args, kwargs, timeout)
+    except SleepRequested as pause:
+        return _sleep(record, run, ctx, pause)
     except Canceled:
         return _finish(record, run, ctx, Status.CANCELED)
     except (TaskTimeout, TimeoutError) as exc:
@@ -110,16 +132,37 @@ def execute(
         return _fail_or_retry(record, run, ctx, spec, exc)
     finally:
         ctx.unbind(token)
+    if skipped:
+        return _finish(record, run, ctx, Status.SKIPPED, progress={"progress_message": skipped})
     try:
         ensure_json(result, "the result")
     except TypeError as exc:
         bad = TypeError(f"Task {run.task_name!r} returned a value that cannot be stored: {exc}")
         return _finish(record, run, ctx, Status.FAILED, exc=bad)
-    return _finish(record, run, ctx, Status.COMPLETED, result=result)
+    # A handler that saw the cancel (is_canceled()) and returned ends canceled, its
+    # result kept as a partial one; a request it did not see is decided by the store.
+    target = Status.CANCELED if ctx.cancel_seen() else Status.COMPLETED
+    return _finish(record, run, ctx, target, result=result)
 
 
-def _call(spec: TaskSpec, ctx: TaskContext, run: Run, timeout: float | None) -> Any:
-    args, kwargs = list(run.args), dict(run.kwargs)
+def _skip_reason(spec: TaskSpec, ctx: TaskContext, run: Run, args: list[Any],
+                 kwargs: dict[str, Any]) -> str | None:
+    """Why the task's ``should_execute`` skips this run (None: it runs). A verdict that
+    is neither a bool nor a reason raises, failing the run with a clear error."""
+    if spec.should_execute is None:
+        return None
+    verdict = spec.should_execute(ctx, *args, **kwargs)
+    if verdict is True:
+        return None
+    if verdict is False:
+        return f"Skipped: should_execute of {run.task_name!r} returned False"
+    if isinstance(verdict, str) and verdict.strip():
+        return storable_text(f"Skipped: {verdict.strip()}")[:2000]
+    raise TypeError(f"should_execute of task {run.task_name!r} must return True, False or a "
+                    f"reason (a non-empty string), got {verdict!r}.")
+
+
+def _call(spec: TaskSpec, ctx: TaskContext, args: Any, kwargs: Any, timeout: float | None) -> Any:
     if spec.is_async:
         async def main() -> Any:
             # wait_for cancels the coroutine at its next await once the limit passes.
@@ -131,10 +174,14 @@ def _call(spec: TaskSpec, ctx: TaskContext, run: Run, timeout: float | None) -> 
 
 def _error_fields(run: Run, exc: BaseException) -> dict[str, Any]:
     exc_type = type(exc)
-    # Exception text is whatever the handler made it: keep it storable (no NUL).
-    type_path = storable_text(f"{exc_type.__module__}.{exc_type.__qualname__}")[:300]
-    tb = storable_text("".join(traceback.format_exception(exc)))[-20_000:]
-    message = storable_text(str(exc))[:2000]
+    # Exception text is whatever the handler made it (NUL, lone surrogates, a __str__
+    # that raises): keep it storable, or the outcome's write would fail.
+    type_path = safe_str(f"{exc_type.__module__}.{exc_type.__qualname__}")[:300]
+    try:
+        tb = storable_text("".join(traceback.format_exception(exc)))[-20_000:]
+    except Exception as format_error:  # e.g. notes or a cause that cannot be rendered
+        tb = f"(traceback unavailable: {safe_str(format_error)})"
+    message = safe_str(exc)[:2000]
     entry = {
         "attempt": run.attempt,
         "type": type_path,
@@ -160,11 +207,13 @@ def _finish(
     exc: BaseException | None = None,
     result: Any = None,
     extra: dict[str, Any] | None = None,
+    progress: dict[str, Any] | None = None,
 ) -> Run | None:
-    fields: dict[str, Any] = ctx.final_fields(success=target == Status.COMPLETED)
+    fields: dict[str, Any] = (ctx.final_fields(success=target == Status.COMPLETED)
+                              if progress is None else progress)
     fields["worker_ids"] = [*run.worker_ids, run.worker_id]
-    if target == Status.COMPLETED:
-        fields["result"] = result
+    if target in (Status.COMPLETED, Status.CANCELED):
+        fields["result"] = result  # a canceled handler that returned: its partial result
     if exc is not None:
         fields.update(_error_fields(run, exc))
     fields.update(extra or {})
@@ -174,6 +223,13 @@ def _finish(
         return None
     _django_signal(finished, "finished")
     return finished
+
+
+def _sleep(record: Recorder, run: Run, ctx: TaskContext, pause: SleepRequested) -> Run | None:
+    """``ctx.sleep()``: the run waits (claimable again at ``run_after``) and the attempt
+    is given back, as a sleep is not a failure. A cancel requested meanwhile ends it."""
+    extra = {"run_after": pause.until, "attempt": max(run.attempt - 1, 0)}
+    return _finish(record, run, ctx, Status.RETRYING, extra=extra, progress=ctx.pause_fields(pause))
 
 
 def _fail_or_retry(

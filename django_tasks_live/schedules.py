@@ -30,6 +30,7 @@ from django.db import DatabaseError
 from django.utils import timezone
 
 from . import conf, store
+from .cron import cron_problem
 from .models import Run, Schedule
 from .registry import UnknownTask, registry
 
@@ -58,8 +59,9 @@ def _zone(name: str) -> zoneinfo.ZoneInfo:
 
 
 def _iter(cron: str, tz: str, start: dt.datetime) -> croniter:
-    if not isinstance(cron, str) or not croniter.is_valid(cron):
-        raise ScheduleError(f"{cron!r} is not a valid cron expression.")
+    problem = cron_problem(cron)  # rows written around validation: six fields, say
+    if problem is not None:
+        raise ScheduleError(problem)
     return croniter(cron, start.astimezone(_zone(tz)))
 
 
@@ -149,19 +151,37 @@ def _tick_one(schedule: Schedule, now: dt.datetime, policy: str, grace: float) -
     return run
 
 
-def _start(schedule: Schedule, spec: Any, fire_time: dt.datetime) -> Run | None:
+def _new_run(schedule: Schedule, spec: Any, owner: Any = None) -> store.NewRun:
+    """The run a fire of ``schedule`` starts: its queue, kwargs and ``schedule`` label."""
     from .api import using
 
+    new = using(queue=schedule.queue, labels={"schedule": schedule.name[:100]},
+                owner=owner).new_run(spec, (), schedule.kwargs or {})
+    new.schedule_id = schedule.pk
+    return new
+
+
+def _start(schedule: Schedule, spec: Any, fire_time: dt.datetime) -> Run | None:
     try:
-        new = using(queue=schedule.queue, labels={"schedule": schedule.name[:100]}).new_run(
-            spec, (), schedule.kwargs or {}
-        )
+        new = _new_run(schedule, spec)
     except (TypeError, ValueError) as exc:
         logger.error("tasks_live: schedule %r fire time %s skipped: %s", schedule.name, fire_time, exc)
         return None
-    new.schedule_id = schedule.pk
     new.fire_time = fire_time
     return store.create_run_once(new)  # None: another worker created it first
+
+
+def run_now(schedule: Schedule, owner: Any = None) -> Run:
+    """Start a run of ``schedule`` now, outside its cron ("Run now" in the admin).
+
+    The run is linked to the schedule (``run.schedule``, the ``schedule`` label) but has
+    no fire time, so the unique fire-time constraint never refuses it and ``next_run_at``
+    and ``last_run_at`` stay as they are: the next cron fire happens as planned. Raises
+    ``UnknownTask`` when the task is not in code, ``TypeError``/``ValueError`` when the
+    stored kwargs no longer fit the handler.
+    """
+    spec = registry.get(schedule.task_name)
+    return store.create_runs([_new_run(schedule, spec, owner)])[0]
 
 
 def _sync_code_schedules_once() -> None:
@@ -181,6 +201,23 @@ def _warn_once(schedule: Schedule, what: str, msg: str, *args: Any) -> None:
 # ---------------------------------------------------------------- creating schedules
 
 
+def argument_errors(task_name: Any, kwargs: Mapping[str, Any]) -> dict[str, str]:
+    """Field -> message for what a schedule's task and kwargs cannot be (storable JSON,
+    bindable to the handler): shared by :func:`create_schedule` and the admin form."""
+    from .jsonvalues import ensure_json
+
+    try:
+        ensure_json(dict(kwargs), "kwargs")
+        spec = registry.get(task_name) if isinstance(task_name, str) else None
+        if spec is not None:
+            spec.check_arguments((), kwargs)
+    except (TypeError, UnknownTask) as exc:
+        return {"task_name" if isinstance(exc, UnknownTask) else "kwargs": str(exc)}
+    except RecursionError:
+        return {"kwargs": "kwargs are nested too deeply."}
+    return {}
+
+
 def create_schedule(
     name: str,
     task_name: str,
@@ -192,19 +229,10 @@ def create_schedule(
     enabled: bool = True,
 ) -> Schedule:
     """Validate and save a cron schedule; raises ``ValidationError`` saying what is wrong."""
-    from .jsonvalues import ensure_json
-
     kwargs = {} if kwargs is None else kwargs
     if not isinstance(kwargs, Mapping):
         raise ValidationError({"kwargs": f"kwargs must be a mapping, got {kwargs!r}."})
-    errors: dict[str, str] = {}
-    try:
-        ensure_json(dict(kwargs), "kwargs")
-        spec = registry.get(task_name) if isinstance(task_name, str) else None
-        if spec is not None:
-            spec.check_arguments((), kwargs)
-    except (TypeError, UnknownTask) as exc:
-        errors["task_name" if isinstance(exc, UnknownTask) else "kwargs"] = str(exc)
+    errors = argument_errors(task_name, kwargs)
     schedule = Schedule(name=name, task_name=task_name, cron=cron, timezone=timezone,
                         kwargs=dict(kwargs), queue=queue, enabled=enabled)
     try:

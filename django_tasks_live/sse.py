@@ -31,11 +31,16 @@ from django.contrib.auth.models import AnonymousUser
 from . import authz, conf, fanout, sse_query, store
 from .authz import Access
 from .fanout import Batch, Hub, Item, Mailbox, encode
+from .sse_flow import SendWindow, StreamStalled
 from .sse_query import BadStreamRequest, StreamQuery
 
 logger = logging.getLogger(__name__)
 
 CATCH_UP_BATCH = 500
+# Frames are joined into writes of up to this size; a larger one (a batch's payload,
+# shared by every stream with the same filter) is written as it is, so a stream whose
+# client stalls mid-write never holds a copy of its whole queue.
+JOIN_LIMIT = 64 * 1024
 HEADERS = [
     (b"Content-Type", b"text/event-stream"),
     (b"Cache-Control", b"no-cache"),
@@ -84,6 +89,7 @@ class EventStreamConsumer(AsyncHttpConsumer):
     async def _serve(self) -> None:
         mailbox = Mailbox(conf.get("SSE_QUEUE_SIZE"))
         joined = False
+        window: SendWindow | None = None
         try:
             request = await self._accept()
             if request is None:
@@ -96,13 +102,25 @@ class EventStreamConsumer(AsyncHttpConsumer):
                 await self._reject(503, "The event stream is starting up; retry shortly.")
                 return
             await self.send_headers(status=200, headers=HEADERS)
-            await Stream(self.send_body, hub, mailbox, query, access).run(last_event_id)
+            # What the client has not read stays bounded (see sse_flow).
+            window = SendWindow(self.send_body, self.base_send, conf.get("SSE_MAX_BUFFER_BYTES"),
+                                conf.get("SSE_STALL_TIMEOUT"))
+            await Stream(window.send_body, hub, mailbox, query, access).run(last_event_id)
         except asyncio.CancelledError:
             raise
+        except StreamStalled as exc:
+            logger.info("tasks_live: closed an event stream whose client stopped reading (%s); "
+                        "it resumes with Last-Event-ID", exc)
+            assert window is not None
+            window.abort()
+            if window.request is None:
+                await self._close()
         except Exception:
             logger.exception("tasks_live: event stream failed; closing it")
             await self._close()
         finally:
+            if window is not None:
+                window.release()
             if joined:
                 fanout.leave(mailbox)
 
@@ -293,9 +311,27 @@ class Stream:
 
     async def flush(self, frames: list[bytes]) -> None:
         if any(frames):
-            await self.send(b"".join(frames), more_body=True)
+            for chunk in _joined(frames, JOIN_LIMIT):
+                await self.send(chunk, more_body=True)
             frames.clear()
             self.mailbox.idle_since = time.monotonic()
+
+
+def _joined(frames: list[bytes], limit: int) -> list[bytes]:
+    """``frames`` as few writes, each the join of neighbours up to ``limit`` bytes (a
+    single frame is passed on as it is: ``b"".join`` of one returns it, uncopied)."""
+    chunks: list[bytes] = []
+    run: list[bytes] = []
+    size = 0
+    for frame in frames:
+        if run and size + len(frame) > limit:
+            chunks.append(b"".join(run))
+            run, size = [], 0
+        run.append(frame)
+        size += len(frame)
+    if run:
+        chunks.append(b"".join(run))
+    return chunks
 
 
 @types.coroutine
@@ -319,7 +355,9 @@ def _resume(coro: Any, suspended_on: Any) -> Any:
 
 def replay_refusal(event_id: int) -> str | None:
     """Why ``event_id`` cannot be replayed (None if it can)."""
-    if event_id > store.latest_event_id():
+    # Compared with the last id handed out, not the newest stored: a client may hold the
+    # id of a snapshot taken while every event had been pruned.
+    if event_id > store.last_assigned_event_id():
         return f"Event {event_id} is newer than any stored event (was the database reset?)."
     oldest = store.oldest_event_id()
     if oldest is not None and event_id < oldest - 1:

@@ -16,6 +16,7 @@ from django.db.models import QuerySet
 
 from . import conf, store
 from .authz import Access
+from .jsonvalues import check_text
 from .models import Run
 from .states import Status
 
@@ -88,7 +89,7 @@ def parse(query_string: bytes) -> tuple[StreamQuery, str | None]:
         tasks=frozenset(_values(params, "task")),
         run_ids=frozenset(_run_id(v) for v in _values(params, "run")),
         statuses=frozenset(_status(v) for v in _values(params, "status")),
-        labels=_labels(_values(params, "label")),
+        labels=parse_labels(_values(params, "label")),
     )
     last = params.get("last_event_id")
     return query, (last[-1] if last else None)
@@ -96,9 +97,11 @@ def parse(query_string: bytes) -> tuple[StreamQuery, str | None]:
 
 def parse_event_id(raw: str | None) -> int | None:
     """A ``Last-Event-ID`` as an int, or None when it is malformed."""
-    if raw is None or not raw.strip().isdigit() or not raw.strip().isascii():
+    raw = raw.strip() if isinstance(raw, str) else ""
+    # Length first: int() of a 15,000-digit string raises (and costs) before any bound.
+    if not raw or len(raw) > len(str(MAX_EVENT_ID)) or not raw.isascii() or not raw.isdigit():
         return None
-    value = int(raw.strip())
+    value = int(raw)
     return value if value <= MAX_EVENT_ID else None
 
 
@@ -110,7 +113,16 @@ def _values(params: dict[str, list[str]], name: str) -> list[str]:
     for value in values:
         if len(value) > 200:
             raise BadStreamRequest(f"A {name} value is longer than 200 characters.")
+        _check_text(value, name)
     return values
+
+
+def _check_text(value: str, name: str) -> None:
+    """Filters become query parameters: refuse what no database takes (NUL, surrogates)."""
+    try:
+        check_text(value, f"A {name} value")
+    except TypeError as exc:
+        raise BadStreamRequest(str(exc)) from None
 
 
 def _run_id(value: str) -> int:
@@ -127,9 +139,12 @@ def _status(value: str) -> str:
     return value
 
 
-def _labels(values: list[str]) -> dict[str, str]:
+def parse_labels(values: list[str]) -> dict[str, str]:
+    """``["tenant:acme", ...]`` as ``{"tenant": "acme"}``; the stream and the template
+    tags read label filters with it (bad input raises :class:`BadStreamRequest`)."""
     labels: dict[str, str] = {}
     for value in values:
+        _check_text(value, "label")
         key, sep, label_value = value.partition(":")
         if not sep or not _LABEL_KEY.match(key) or "__" in key:
             raise BadStreamRequest(

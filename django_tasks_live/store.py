@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import itertools
 import json
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,8 +22,9 @@ from django.db.models import DateTimeField, F, OuterRef, Q, QuerySet, Subquery
 from django.db.models.fields.json import KeyTransform
 from django.utils import timezone
 
-from . import events
-from .models import Run, RunEvent, Schedule, Task, Worker
+from . import admission, conf, events, executors, flows, limits, pauses
+from .models import Lease, Run, RunEvent, Schedule, Task, Worker
+from .registry import registry
 from .states import (
     ACTIVE,
     ALLOWED_FROM,
@@ -62,19 +65,123 @@ class NewRun:
     labels: dict[str, str] = field(default_factory=dict)
     concurrency_key: str = ""
     unique_key: str | None = None
+    pending_key: str | None = None
+    parent_id: int | None = None
+    position: int | None = None
+    status: str = Status.PENDING
     rerun_of_id: int | None = None
     schedule_id: int | None = None
     fire_time: dt.datetime | None = None
     owner_id: int | None = None
+    # None: chosen by executors.choose() (per task, per queue, then TASKS_LIVE["EXECUTOR"]).
+    executor: str | None = None
 
 
-def _save_events(changes: Sequence[tuple[Run, str]], using: str) -> None:
+def _save_events(changes: Sequence[tuple[Run, str]], using: str, *,
+                 follow_limits: bool = True) -> None:
     """Append one ``RunEvent`` per (run, kind) with the run's current state, and push
-    them to the channel layer after commit."""
+    them to the channel layer after commit; then what those status changes set off
+    (``follow_limits=False``: the caller applied them to limited runs already)."""
     if not changes:
         return
     rows, states = _event_rows(changes, connections[using])
     _publish_events(_insert_rows(RunEvent, rows, using), changes, states, using)
+    # Limited runs free their slots (and admit the next runs), children of chains and
+    # groups that just ended move their flow on, in this transaction (two attribute
+    # tests per run for everything else).
+    limited, parents = [], set()
+    for run, kind in changes:
+        if kind == "status" and (run.limited or run.parent_id is not None):
+            if run.limited and follow_limits:
+                limited.append(run)
+            if run.parent_id is not None and run.status in TERMINAL:
+                parents.add(run.parent_id)
+    if limited:
+        _follow_limits(limited, using)
+    if parents:
+        _advance_flows(parents, using)
+
+
+def _follow_limits(changed: Sequence[Run], using: str, *, quiet: bool = False) -> list[Run]:
+    """Status changes of runs (limited or not): free the slots of limited ones, count
+    their starts and admit the runs that may start now (see :mod:`.admission`).
+    Returns the admitted runs; ``quiet``: the caller saves their events and wakes the
+    workers (a settle: its own claim may take them)."""
+    limited = [run for run in changed if run.limited]
+    if not limited:
+        return []
+    return _write_admitted(admission.on_status(limited, using), using, quiet=quiet)
+
+
+def _write_admitted(admitted: Sequence[admission.Admission], using: str,
+                    created: Sequence[Run] = (), *, quiet: bool = False) -> list[Run]:
+    """Write the admission of limited runs (their ``run_after`` and reason) in one
+    statement that reads them back, with a progress event each but for runs being
+    ``created`` in this transaction (their created event carries it) or ``quiet``; wake
+    the workers. Returns the runs written."""
+    if not admitted:
+        return []
+    runs = _admit_rows(admitted, using)
+    if not _is_postgres(using):  # PostgreSQL: in the same statement
+        admission.hold([run.pk for run in runs], using)
+    new = {run.pk: run for run in created}
+    for run in runs:
+        if run.pk in new:
+            new[run.pk].run_after, new[run.pk].progress_message = run.run_after, \
+                run.progress_message
+            new[run.pk].updated_at = run.updated_at
+    if not quiet:
+        _save_events([(run, "progress") for run in runs if run.pk not in new], using)
+        admission.notify(runs, using, NOTIFY_CHANNEL)
+    return runs
+
+
+def _admit_rows(admitted: Sequence[admission.Admission], using: str) -> list[Run]:
+    """``UPDATE … FROM`` the admissions (one JSON parameter) ``RETURNING`` the rows, of
+    the runs still waiting that no other transaction holds (``SKIP LOCKED``)."""
+    conn = connections[using]
+    q = conn.ops.quote_name
+    table = q(Run._meta.db_table)
+    data = [{"x_id": a.run_id, "x_after": _json_datetime(a.run_after, conn), "x_message": a.message}
+            for a in admitted]
+    if conn.vendor == "postgresql":
+        source = ("SELECT * FROM jsonb_to_recordset(%s::jsonb) "
+                  "AS r(x_id bigint, x_after timestamptz, x_message text)")
+    else:
+        source = ("SELECT json_extract(value, '$.x_id') AS x_id, json_extract(value, '$.x_after') "
+                  "AS x_after, json_extract(value, '$.x_message') AS x_message FROM json_each(%s)")
+    columns = ", ".join(f"{table}.{column}" for column in _run_columns(conn).split(", ")) \
+        if conn.vendor == "postgresql" else _run_columns(conn)
+    statuses = ", ".join(f"'{status}'" for status in sorted(CLAIMABLE))
+    lockable = (f"SELECT {q('id')} FROM {table} WHERE {q('id')} IN "
+                f"({', '.join(['%s'] * len(admitted))}) AND {q('status')} IN ({statuses}) "
+                f"AND {q('run_after')} = %s")
+    if conn.features.has_select_for_update_skip_locked:
+        lockable += " FOR UPDATE SKIP LOCKED"
+    sql = (f"UPDATE {table} SET {q('run_after')} = x.x_after, "
+           f"{q('progress_message')} = x.x_message, {q('updated_at')} = %s "
+           f"FROM ({source}) AS x WHERE {table}.{q('id')} = x.x_id "
+           f"AND {table}.{q('id')} IN ({lockable}) RETURNING {columns}")
+    if conn.vendor == "postgresql":  # and their keys are held, in one statement
+        sql = (f"WITH admitted AS ({sql}), held AS (UPDATE {admission.held_sql(conn)} "
+               f"WHERE {q('run_id')} IN (SELECT {q('id')} FROM admitted)) SELECT * FROM admitted")
+    params = [_prep_datetime(timezone.now(), conn), _json_param(data),
+              *[a.run_id for a in admitted], _prep_datetime(admission.WAITING_UNTIL, conn)]
+    with conn.cursor() as cursor:
+        cursor.execute(sql, params)
+        return _runs_from_rows(cursor.fetchall(), using)
+
+
+def sweep_limits() -> int:
+    """Admit limited runs that could start but were not admitted (see
+    :func:`admission.sweep`); returns how many. One cheap read when none wait."""
+    using = _db()
+    if not admission.has_waiting(using):
+        return 0
+    with transaction.atomic(using=using):
+        admitted = admission.sweep(using)
+        _write_admitted(admitted, using)
+    return len(admitted)
 
 
 def _event_rows(
@@ -162,24 +269,42 @@ def create_runs(new_runs: Sequence[NewRun]) -> list[Run]:
     """Insert pending runs and their ``created`` events in one transaction."""
     using = _db()
     conn = connections[using]
+    # First, in the caller: a limit's key function that fails fails the start.
+    needs = [_limit_needs(new) for new in new_runs]
     now = timezone.now()
-    created = [
-        Run(
-            **{k: v for k, v in vars(new).items() if k != "run_after"},
-            run_after=new.run_after or now,
+    created, waiting = [], []
+    for new, found in zip(new_runs, needs, strict=True):
+        run_after = new.run_after or now
+        engine = new.executor or executors.choose(new.task_name, new.queue)
+        run = Run(
+            **{k: v for k, v in vars(new).items() if k not in ("run_after", "executor")},
+            run_after=run_after,
             created_at=now,
             updated_at=now,
+            executor=engine,
         )
-        for new in new_runs
-    ]
-    if conn.vendor == "postgresql":
+        if found:
+            waiting.append(admission.hold_back(run, found))
+        # Due runs of another engine are handed over at commit (executors.after_create);
+        # later ones (and limited ones) by its sweeper once due.
+        run.handed_at = now if engine != executors.BUILTIN and run.run_after <= now else None
+        created.append(run)
+    if conn.vendor == "postgresql" and not waiting:
         _insert_runs_with_events(created, using)
-        return created
-    with transaction.atomic(using=using):
-        _set_ids(created, _insert_rows(Run, [_json_row(run, conn) for run in created], using),
-                 using)
-        _save_events([(run, "created") for run in created], using)
+    else:
+        with transaction.atomic(using=using):
+            _set_ids(created, _insert_rows(Run, [_json_row(run, conn) for run in created],
+                                           using), using)
+            if waiting:
+                _write_admitted(admission.on_create(waiting, using), using, created)
+            _save_events([(run, "created") for run in created], using)
+    executors.after_create(created, using)
     return created
+
+
+def _limit_needs(new: NewRun) -> list[limits.Need]:
+    spec = registry.find(new.task_name)
+    return limits.needs(spec, new.args, new.kwargs) if spec is not None else []
 
 
 def _set_ids(created: Sequence[Run], ids: Sequence[int], using: str) -> None:
@@ -236,6 +361,193 @@ def create_run_once(new: NewRun) -> Run | None:
         return None
 
 
+UNIQUE_TRIES = 20  # a key's run may end between a refused insert and the read that follows
+
+
+class _Completed(Exception):
+    """Rolls back a run-once insert that a completion committed meanwhile."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+
+
+def start_unique(new: NewRun, *, debounce: bool = False, once: bool = False) -> tuple[Run, bool]:
+    """Create ``new`` unless a run with its key may stand for it; returns (run, created).
+
+    ``new.pending_key`` shares a run while it is claimable (tl_run_pending_key),
+    ``new.unique_key`` while it is not finished (tl_run_unique_key_active). The partial
+    unique indexes decide races: of concurrent inserts one wins, the others read the
+    winner. ``debounce``: a waiting run takes ``new``'s arguments instead. ``once``: a
+    completed run of the key is returned; it is looked for again after the insert, in
+    the same transaction, so a completion that committed meanwhile is never missed.
+    """
+    using = _db()
+    for _ in range(UNIQUE_TRIES):
+        try:
+            with transaction.atomic(using=using):
+                if once and (done := _completed_with_key(new.unique_key, using)) is not None:
+                    return done, False
+                if debounce and (waiting := _collapse_into_waiting(new, using)) is not None:
+                    return waiting, False
+                try:
+                    with transaction.atomic(using=using):
+                        run = create_runs([new])[0]
+                except IntegrityError:
+                    existing = _sharing_run(new, using)
+                    if existing is None:
+                        continue  # it ended meanwhile: try again
+                    if debounce:
+                        existing = _collapse_into_waiting(new, using)
+                        if existing is None:
+                            continue
+                    return existing, False
+                if once and (done := _completed_with_key(new.unique_key, using)) is not None:
+                    raise _Completed(done)
+                return run, True
+        except _Completed as exc:
+            return exc.run, False
+    raise RuntimeError(f"Could not start {new.task_name!r}: its key's runs kept changing "
+                       f"({UNIQUE_TRIES} tries).")
+
+
+def _completed_with_key(key: str | None, using: str) -> Run | None:
+    return (Run.objects.using(using).filter(unique_key=key, status=Status.COMPLETED)
+            .order_by("id").first())
+
+
+def _sharing_run(new: NewRun, using: str) -> Run | None:
+    """The run that holds ``new``'s key now (None if it just let go of it)."""
+    qs = Run.objects.using(using)
+    if new.pending_key is not None:
+        return qs.filter(pending_key=new.pending_key, status__in=sorted(CLAIMABLE)).first()
+    return qs.filter(unique_key=new.unique_key).exclude(status__in=sorted(TERMINAL)).first()
+
+
+def _collapse_into_waiting(new: NewRun, using: str) -> Run | None:
+    """Debounce: give the run waiting under ``new``'s key ``new``'s arguments. The row
+    lock waits out a claim in progress; a run claimed meanwhile no longer matches."""
+    run = (Run.objects.using(using).select_for_update()
+           .filter(pending_key=new.pending_key, status__in=sorted(CLAIMABLE)).first())
+    if run is None:
+        return None
+    run.args, run.kwargs, run.updated_at = new.args, new.kwargs, timezone.now()
+    run.save(using=using, update_fields=["args", "kwargs", "updated_at"])
+    return run
+
+
+# ---------------------------------------------------------------- chains and groups
+
+
+def create_flow(parent: NewRun, flow_plan: dict[str, Any]) -> Run:
+    """Insert a chain's or group's parent run (``running`` at once: workers never claim
+    it) and its first children, in one transaction."""
+    using = _db()
+    parent.kind, parent.status, parent.kwargs = flow_plan["flow"], Status.RUNNING, flow_plan
+    parent.args, parent.steps = [], flows.stepper(flow_plan, [])
+    with transaction.atomic(using=using):
+        [run] = create_runs([parent])
+        children = create_runs([_flow_child(run, *child) for child in flows.first_children(flow_plan)])
+        run.started_at = run.updated_at
+        run.steps = flows.stepper(flow_plan, [_flow_view(child) for child in children])
+        run.save(using=using, update_fields=["started_at", "steps"])
+    return run
+
+
+def _flow_child(parent: Run, position: int, entry: dict[str, Any], first: list[Any]) -> NewRun:
+    """A child of ``parent`` from its plan entry; ``first``: arguments put before the
+    entry's own (the previous result of a chain, the results of a group's members)."""
+    fields = {name: entry[name] for name in flows.PLAN_FIELDS}
+    fields["args"] = [*first, *entry["args"]]
+    fields["steps"] = [dict(step) for step in entry["steps"]]
+    return NewRun(**fields, parent_id=parent.pk, position=position)
+
+
+def _flow_view(run: Run) -> flows.Child:
+    return flows.Child(run.pk, run.position, run.task_name, run.status, run.result, run.error)
+
+
+def _advance_flows(parent_ids: Iterable[int], using: str) -> None:
+    """Apply :func:`flows.decide` to each parent, locked in id order (two transactions
+    ending children of the same parents never wait on each other in a cycle)."""
+    for parent_id in sorted(parent_ids):
+        parent = _locked(parent_id, using)
+        if parent is None or parent.kind not in flows.KINDS or parent.status not in ACTIVE:
+            continue  # ended already (failed, canceled): late children change nothing
+        rows = (Run.objects.using(using).filter(parent_id=parent_id)
+                .values_list("id", "position", "task_name", "status", "result", "error"))
+        children = [flows.Child(*row) for row in rows]
+        decision = flows.decide(parent.task_name, parent.pk, parent.kwargs, children)
+        if decision.create:
+            try:
+                new = create_runs([_flow_child(parent, *child) for child in decision.create])
+            except limits.LimitKeyError as exc:  # nothing was written: the flow fails
+                _apply(parent, Status.FAILED, {"error": str(exc), "error_type": "LimitKeyError"},
+                       using)
+                continue
+            children += [_flow_view(child) for child in new]
+            decision.steps = flows.stepper(parent.kwargs, children)
+        fields = {"steps": decision.steps, "percent": decision.percent,
+                  "progress_message": decision.message}
+        if decision.finish is not None:
+            _apply(parent, decision.finish, {**fields, **decision.fields}, using)
+        else:
+            changed = _assign(parent, Status(parent.status), fields, timezone.now())
+            parent.save(using=using, update_fields=changed)
+            _save_events([(parent, "progress")], using)
+        if decision.cancel:
+            # After commit, each in its own transaction: a sibling may be locked right
+            # now by the transaction that is ending it.
+            transaction.on_commit(functools.partial(_cancel_each, decision.cancel),
+                                  using=using, robust=True)
+
+
+def _cancel_each(run_ids: Iterable[int]) -> None:
+    for run_id in run_ids:
+        request_cancel(run_id)
+
+
+def request_cancel(run_id: int) -> Run | None:
+    """End a waiting run as canceled, or ask a held one to stop; a finished (or
+    missing) run is left alone (returned as it is, or None)."""
+    using = _db()
+    now = timezone.now()
+    with transaction.atomic(using=using):
+        run = _locked(run_id, using)
+        if run is None or run.status in TERMINAL:
+            return run
+        if run.status in CLAIMABLE:
+            return _apply(run, Status.CANCELED, {"cancel_requested_at": now}, using)
+        if run.status in ALLOWED_FROM[Status.CANCEL_REQUESTED]:
+            return _apply(run, Status.CANCEL_REQUESTED, {"cancel_requested_at": now}, using)
+        return run
+
+
+def flow_parents(run_ids: Iterable[int]) -> list[int]:
+    """Those of ``run_ids`` that are chains or groups (cancel them with :func:`cancel_flow`)."""
+    return list(Run.objects.using(_db()).filter(pk__in=list(run_ids), kind__in=sorted(flows.KINDS))
+                .values_list("id", flat=True))
+
+
+def cancel_flow(run_id: int) -> Run:
+    """Cancel a chain or group: the parent ends canceled at once, then each unfinished
+    child is canceled (waiting) or asked to stop (running)."""
+    using = _db()
+    with transaction.atomic(using=using):
+        parent = _locked(run_id, using)
+        if parent is None:
+            raise Run.DoesNotExist(f"Run {run_id} does not exist.")
+        if parent.status not in ALLOWED_FROM[Status.CANCELED]:
+            raise IllegalTransition(run_id, parent.status, Status.CANCELED)
+        steps = [{**step, "state": "canceled"} if step["state"] in ("pending", "running") else step
+                 for step in parent.steps]
+        parent = _apply(parent, Status.CANCELED,
+                        {"cancel_requested_at": timezone.now(), "steps": steps}, using)
+    open_children = (Run.objects.using(using).filter(parent_id=run_id)
+                     .exclude(status__in=sorted(TERMINAL)).values_list("id", flat=True))
+    _cancel_each(list(open_children))
+    return parent
+
+
 # ---------------------------------------------------------------- reading runs
 
 
@@ -250,13 +562,20 @@ def runs(
     run_ids: Iterable[int] | None = None,
     labels: dict[str, str] | None = None,
     owner_id: int | None = None,
+    queue: Iterable[str] | None = None,
+    since: dt.datetime | None = None,
 ) -> QuerySet[Run]:
-    """Runs matching the filters, newest first (the listing the admin and stream use)."""
+    """Runs matching the filters, newest first (the listing the admin, the stream, the
+    pages and the public ``tasks_live.runs()`` use)."""
     qs = Run.objects.using(_db()).order_by("-id")
     if task:
         qs = qs.filter(task_name__in=list(task))
     if status:
         qs = qs.filter(status__in=list(status))
+    if queue:
+        qs = qs.filter(queue__in=list(queue))
+    if since is not None:
+        qs = qs.filter(created_at__gte=since)
     if run_ids:
         qs = qs.filter(pk__in=list(run_ids))
     for i, (key, value) in enumerate((labels or {}).items()):
@@ -293,23 +612,80 @@ def events_after(
     return list(qs[:limit])
 
 
-def settled_event_id(age: float) -> int:
-    """The newest event id written at least ``age`` seconds ago.
+# How far below the newest event a stream's reader looks for ids still uncommitted when
+# it starts (see settled_event_id).
+START_TAIL = 10_000
 
-    Where the stream's cursor starts: on PostgreSQL a younger id may still have an
-    uncommitted neighbour below it, so the stream reads forward from here instead.
-    When every event is young, it is just below the oldest one: the ids under it were
-    never committed or were pruned (a sequence does not restart at 1 after deletes,
-    and waiting out such a "hole" would delay the first live events for nothing).
+
+def ids_commit_in_order(using: str | None = None) -> bool:
+    """Whether event ids become visible in id order: on SQLite one writer at a time
+    takes ids and commits; on PostgreSQL concurrent transactions commit out of order."""
+    return not _is_postgres(using)
+
+
+def event_writers() -> frozenset[str]:
+    """PostgreSQL: the transactions (virtual ids) that may still commit new ``RunEvent``
+    rows; empty on SQLite.
+
+    A transaction that inserts into the events table holds the table's ROW EXCLUSIVE
+    lock from before it takes an id from the sequence until it commits or rolls back,
+    so an id missing below newer committed ids can only be filled by one of these.
     """
-    qs = RunEvent.objects.using(_db()).order_by("-id")
-    if age > 0:
-        qs = qs.filter(created_at__lte=timezone.now() - dt.timedelta(seconds=age))
-    settled = qs.values_list("id", flat=True).first()
-    if settled is not None:
-        return settled
-    oldest = oldest_event_id()
-    return oldest - 1 if oldest else 0
+    using = _db()
+    if not _is_postgres(using):
+        return frozenset()
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            "SELECT virtualtransaction FROM pg_locks WHERE locktype = 'relation' "
+            "AND relation = %s::regclass AND mode = 'RowExclusiveLock' "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND pid <> pg_backend_pid()",
+            [RunEvent._meta.db_table],
+        )
+        return frozenset(row[0] for row in cursor.fetchall())
+
+
+def settled_event_id() -> int:
+    """Where a stream's reader starts: an event id below which no id can still commit.
+
+    SQLite, or PostgreSQL while no transaction writes events: the newest id, or while
+    there is no event at all the last id ever handed out (so that a client resuming
+    from it replays what follows instead of being refused as older than the oldest).
+    Otherwise the id just below the lowest hole among the newest ``START_TAIL`` ids (0
+    when they are all there are and start above 1: an id under the oldest may be
+    uncommitted too), so the reader waits for that hole like for any other (see
+    :class:`fanout.Hub`). The ids are read before the writers are looked up: a
+    transaction holding an id below them is then one of those writers.
+    """
+    using = _db()
+    tail = list(RunEvent.objects.using(using).order_by("-id").values_list("id", flat=True)[
+        :START_TAIL])
+    handed_out = 0 if tail else last_assigned_event_id()
+    if ids_commit_in_order(using) or not event_writers():
+        return tail[0] if tail else handed_out
+    if not tail or (len(tail) < START_TAIL and tail[-1] > 1):
+        return 0
+    settled = tail[0]
+    for newer, older in itertools.pairwise(tail):
+        if newer != older + 1:
+            settled = older  # ids descend: the last hole found is the lowest
+    return settled
+
+
+def last_assigned_event_id() -> int:
+    """The highest event id the database has handed out, committed or not, pruned or
+    not (SQLite's AUTOINCREMENT counter, PostgreSQL's sequence); 0 before the first."""
+    using = _db()
+    table = RunEvent._meta.db_table
+    with connections[using].cursor() as cursor:
+        if _is_postgres(using):
+            cursor.execute("SELECT pg_get_serial_sequence(%s, 'id')", [table])
+            (sequence,) = cursor.fetchone()
+            cursor.execute(f"SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {sequence}")
+        else:
+            cursor.execute("SELECT seq FROM sqlite_sequence WHERE name = %s", [table])
+        row = cursor.fetchone()
+    return int(row[0]) if row else 0
 
 
 def run_owners(run_ids: Iterable[int]) -> dict[int, int | None]:
@@ -392,25 +768,36 @@ def save_progress(run_id: int, push: bool = True, **fields: Any) -> str | None:
         run = _locked(run_id, using)
         if run is None or run.status not in ACTIVE:
             return run.status if run else None
-        fields["updated_at"] = timezone.now()
+        now = timezone.now()
+        changes: list[tuple[Run, str]] = []
+        if run.status == Status.CLAIMED:  # its handler reports: it began
+            run.save(using=using, update_fields=_assign(
+                run, Status.RUNNING, {"started_at": run.started_at or now}, now))
+            changes.append((run, "status"))
+        fields["updated_at"] = now
         for name, value in fields.items():
             setattr(run, name, value)
         run.save(using=using, update_fields=list(fields))
-        _save_events([(run, "progress")], using)
+        _save_events([*changes, (run, "progress")], using)
     return run.status
 
 
 # ---------------------------------------------------------------- claiming
 
 
-def claim(worker_id: str, queues: Sequence[str] | None, limit: int) -> list[Run]:
-    """Claim up to ``limit`` due runs for ``worker_id`` in one short transaction.
+def claim(
+    worker_id: str, queues: Sequence[str] | None, limit: int, *, begin: bool = False,
+    paused: pauses.PauseSet = pauses.NOTHING,
+) -> list[Run]:
+    """Claim up to ``limit`` due runs for ``worker_id`` in one short transaction; they
+    are ``claimed``, or ``running`` with ``begin`` (a caller that begins each at once).
 
     PostgreSQL: ``FOR UPDATE SKIP LOCKED`` so concurrent workers never block or share.
     SQLite: the transaction takes the write lock at BEGIN (``transaction_mode``
     IMMEDIATE), and the UPDATE re-checks the status so a run is never claimed twice.
+    Runs of ``paused`` tasks and queues are left alone (see :mod:`.pauses`).
     """
-    return settle([], worker_id, queues, limit)[1]
+    return settle([], worker_id, queues, limit, begin=begin, paused=paused)[1]
 
 
 @dataclass
@@ -426,57 +813,89 @@ class Outcome:
 
 
 def settle(
-    outcomes: Sequence[Outcome], worker_id: str, queues: Sequence[str] | None, limit: int
+    outcomes: Sequence[Outcome],
+    worker_id: str,
+    queues: Sequence[str] | None,
+    limit: int,
+    *,
+    begin: bool = False,
+    paused: pauses.PauseSet = pauses.NOTHING,
 ) -> tuple[list[Run], list[Run]]:
     """Record finished attempts and claim new runs in ONE transaction (one commit).
 
     The worker's hot path: a commit costs milliseconds on a durable database, so the
     supervisor batches every outcome its executors reported since the last round with
     the next claim. An outcome is written only while the run is still this worker's
-    and the lifecycle allows the move (a rescued run is not overwritten).
+    and the lifecycle allows the move (a rescued run is not overwritten). Claimed runs
+    are ``claimed``: their handlers begin later, one after the other (see begin_runs).
     """
     using = _db()
     now = timezone.now()
+    status = Status.RUNNING if begin else Status.CLAIMED
     with transaction.atomic(using=using):
         finished = _finish_outcomes(outcomes, worker_id, now, using) if outcomes else []
+        # Slots the outcomes free go to the next runs of their keys before the claim,
+        # so this claim may take them.
+        admitted = _follow_limits(finished, using, quiet=True)
         claimed: list[Run] = []
-        if limit > 0:
-            sql, params = _due_selection(connections[using], queues, limit, now)
-            claimed = _claim_selected(sql, params, worker_id, now, using)
-        # One INSERT for both sets of events (outcomes first: they happened first).
-        _save_events([(run, "status") for run in [*finished, *claimed]], using)
+        selection = _due_selection(connections[using], queues, limit, now, paused) if limit > 0 \
+            else None
+        if selection is not None:
+            claimed = _claim_selected(*selection, worker_id, now, using, status)
+        # A run begun at its claim counts as a rate start.
+        admitted += _follow_limits(claimed, using, quiet=True)
+        # One INSERT for every event (admissions and outcomes first: they happened first).
+        _save_events([*((run, "progress") for run in admitted),
+                      *((run, "status") for run in [*finished, *claimed])], using, follow_limits=False)
+        if admitted:  # wake other workers for what this claim did not take
+            taken = {run.pk for run in claimed}
+            admission.notify((run for run in admitted if run.pk not in taken), using,
+                             NOTIFY_CHANNEL)
     return finished, claimed
 
 
-def claim_plan(queues: Sequence[str] | None = None, limit: int = 100) -> str:
+def claim_plan(queues: Sequence[str] | None = None, limit: int = 100,
+               paused: pauses.PauseSet = pauses.NOTHING) -> str:
     """The database's plan for a claim's selection of due runs (EXPLAIN; on PostgreSQL
     EXPLAIN ANALYZE, rolled back): to check that claims read an index in claim order."""
     using = _db()
     conn = connections[using]
     prefix = "EXPLAIN ANALYZE " if conn.vendor == "postgresql" else "EXPLAIN QUERY PLAN "
     with transaction.atomic(using=using), conn.cursor() as cursor:
-        sql, params = _due_selection(conn, queues, limit, timezone.now())
-        cursor.execute(prefix + sql, params)
+        selection = _due_selection(conn, queues, limit, timezone.now(), paused)
+        if selection is None:
+            return "nothing to claim: every queue is paused"
+        cursor.execute(prefix + selection[0], selection[1])
         plan = "\n".join(" | ".join(str(c) for c in row) for row in cursor.fetchall())
         transaction.set_rollback(True, using=using)
     return plan
 
 
 def _due_selection(
-    conn: Any, queues: Sequence[str] | None, limit: int, now: dt.datetime
-) -> tuple[str, list[Any]]:
+    conn: Any, queues: Sequence[str] | None, limit: int, now: dt.datetime,
+    paused: pauses.PauseSet = pauses.NOTHING,
+) -> tuple[str, list[Any]] | None:
     """The claim's selection of due runs as (sql, params), its plan pinned for the
-    current transaction."""
-    queues = list(queues or [])
+    current transaction; None when ``paused`` leaves nothing this worker may claim."""
+    when = _prep_datetime(now, conn)
+    if not paused:  # the usual case: the claim as if pauses did not exist
+        queues = list(queues or [])
+        _pin_claim_plan(conn)
+        return _due_sql(conn.alias, len(queues)), [when, *queues, limit]
+    shape = pauses.claim_shape(paused, queues)
+    if shape is None:
+        return None
     _pin_claim_plan(conn)
-    return _due_sql(conn.alias, len(queues)), [_prep_datetime(now, conn), *queues, limit]
+    sql = _due_sql(conn.alias, len(shape.queues), len(shape.skip_tasks), len(shape.skip_queues))
+    return sql, [when, *shape.queues, *shape.skip_tasks, *shape.skip_queues, limit]
 
 
 @functools.cache
-def _due_sql(alias: str, queue_count: int) -> str:
-    """The ids of due runs (of ``queue_count`` queues, 0: any) in claim order, locked
-    without waiting where the database can: the claim's selection. Built once per
-    shape; the ORM took longer to build it than the database to run it."""
+def _due_sql(alias: str, queue_count: int, skip_tasks: int = 0, skip_queues: int = 0) -> str:
+    """The ids of due runs (of ``queue_count`` queues, 0: any; not of ``skip_tasks``
+    paused tasks nor ``skip_queues`` paused queues) in claim order, locked without
+    waiting where the database can: the claim's selection. Built once per shape; the
+    ORM took longer to build it than the database to run it."""
     conn = connections[alias]
     q = conn.ops.quote_name
     # The statuses are literals (our own constants), not parameters: SQLite uses a
@@ -489,8 +908,11 @@ def _due_sql(alias: str, queue_count: int) -> str:
         # queue: its own; any or several: the queue-less one, filtered).
         sql += f" INDEXED BY {q(CLAIM_INDEX if queue_count == 1 else CLAIM_ANY_INDEX)}"
     sql += f" WHERE {q('status')} IN ({statuses}) AND {q('run_after')} <= %s"
+    # Runs of other engines (django-q2) are theirs; a literal, like the statuses.
+    sql += f" AND {q('executor')} = '{executors.BUILTIN}'"
     if queue_count:
         sql += f" AND {q('queue')} IN ({', '.join(['%s'] * queue_count)})"
+    sql += pauses.exclusion_sql(q, skip_tasks, skip_queues)
     sql += f" ORDER BY {q('priority')} DESC, {q('run_after')}, {q('id')} LIMIT %s"
     if conn.features.has_select_for_update_skip_locked:
         sql += " FOR UPDATE SKIP LOCKED"
@@ -522,13 +944,10 @@ def _finish_outcomes(
     """Write the outcomes the lifecycle still allows; returns those runs (the caller
     saves their events).
 
-    PostgreSQL writes the usual case with the guard in the UPDATE itself (no row
-    locks taken by a read first); what that leaves (a cancel request arrived, the run
-    was rescued) goes through the read-then-write path, which decides each case."""
-    rest = list(outcomes)
-    changed: list[Run] = []
-    if _is_postgres(using):
-        changed, rest = _finish_guarded(rest, worker_id, now, using)
+    The usual case is written with the guard in the UPDATE itself (no read first, no
+    row locks taken by one on PostgreSQL); what that leaves (a cancel request arrived,
+    the run was rescued) goes through the read-then-write path, which decides each case."""
+    changed, rest = _finish_guarded(outcomes, worker_id, now, using)
     if rest:
         changed += _finish_after_reading(rest, worker_id, now, using)
     return changed
@@ -537,8 +956,8 @@ def _finish_outcomes(
 def _finish_guarded(
     outcomes: Sequence[Outcome], worker_id: str, now: dt.datetime, using: str
 ) -> tuple[list[Run], list[Outcome]]:
-    """PostgreSQL: UPDATE the runs still this worker's whose current status allows the
-    outcome's target, in one statement per set of columns; returns the runs written
+    """UPDATE the runs still this worker's whose current status allows the outcome's
+    target (one statement per set of columns on PostgreSQL); returns the runs written
     and the outcomes left undecided."""
     # Only outcomes with the claimed copy: the event state is built from it.
     groups = _assign_in_groups(((o.run, o.target, o.fields) for o in outcomes if o.run), now)
@@ -603,7 +1022,7 @@ def _update_rows(
     per run). With ``guard_worker``, a row is written only while that worker holds the
     run and the lifecycle allows the move from the run's current status to the new
     ``status`` (which must be among ``names``). SQLite: an executemany, which costs no
-    round trips there (unguarded).
+    round trips there; guarded, one statement per row (each must say whether it wrote).
     """
     conn = connections[using]
     quote = conn.ops.quote_name
@@ -624,7 +1043,6 @@ def _update_rows(
         with conn.cursor() as cursor:
             cursor.execute(f"{sql} RETURNING {table}.{quote('id')}", params)
             return [row[0] for row in cursor.fetchall()]
-    assert guard_worker is None, "the guarded UPDATE is PostgreSQL's"
     sets = ", ".join(f"{quote(field.column)} = %s" for field in fields)
     sql = f"UPDATE {table} SET {sets} WHERE {quote('id')} = %s"
     params = [
@@ -632,44 +1050,69 @@ def _update_rows(
         for run in rows
     ]
     with conn.cursor() as cursor:
-        cursor.executemany(sql, params)
-    return [run.pk for run in rows]
+        if guard_worker is None:
+            cursor.executemany(sql, params)
+            return [run.pk for run in rows]
+        status = quote("status")
+        sql += (f" AND {quote('worker_id')} = %s AND (%s, {status}) "
+                f"IN (VALUES {_ALLOWED_MOVES_SQL}) RETURNING {quote('id')}")
+        written = []
+        for run, values in zip(rows, params, strict=True):
+            cursor.execute(sql, [*values, guard_worker, str(run.status)])
+            written += [row[0] for row in cursor.fetchall()]
+        return written
 
 
-def claim_run(run_id: int, worker_id: str) -> Run | None:
-    """Claim one specific run (engines that deliver run ids themselves, e.g. django-q2)."""
+def claim_run(run_id: int, worker_id: str, *, begin: bool = True,
+              paused: pauses.PauseSet = pauses.NOTHING) -> Run | None:
+    """Claim one specific run (engines that deliver run ids themselves, e.g. django-q2),
+    ``running`` at once (``begin=False``: claimed ahead, like a worker's batch); not a
+    run of a ``paused`` task or queue."""
     using = _db()
     now = timezone.now()
+    conn = connections[using]
     with transaction.atomic(using=using):
-        q = connections[using].ops.quote_name
+        q = conn.ops.quote_name
+        skip_tasks, skip_queues = sorted(paused.tasks), sorted(paused.queues)
         claimed = _claim_selected(
-            f"SELECT {q('id')} FROM {q(Run._meta.db_table)} WHERE {q('id')} = %s", [run_id],
-            worker_id, now, using,
+            f"SELECT {q('id')} FROM {q(Run._meta.db_table)} WHERE {q('id')} = %s "
+            f"AND {q('run_after')} <= %s"  # a redelivered retry waits for its backoff
+            + pauses.exclusion_sql(q, len(skip_tasks), len(skip_queues)),
+            [run_id, _prep_datetime(now, conn), *skip_tasks, *skip_queues], worker_id, now, using,
+            Status.RUNNING if begin else Status.CLAIMED,
         )
         _save_events([(run, "status") for run in claimed], using)
     return claimed[0] if claimed else None
 
 
 def _claim_selected(
-    sub_sql: str, sub_params: Sequence[Any], worker_id: str, now: dt.datetime, using: str
+    sub_sql: str,
+    sub_params: Sequence[Any],
+    worker_id: str,
+    now: dt.datetime,
+    using: str,
+    status: Status,
 ) -> list[Run]:
-    """Mark the runs ``sub_sql`` (a query of run ids) picks as running for
-    ``worker_id``, in ONE ``UPDATE … WHERE id IN (…) RETURNING`` statement (PostgreSQL,
-    and SQLite ≥ 3.35): no separate id read and no reload. The UPDATE re-checks the
-    status, so a run is never claimed twice. The caller saves the events."""
+    """Mark the runs ``sub_sql`` (a query of run ids) picks as ``status`` (claimed, or
+    running for a caller that begins them at once) for ``worker_id``, in ONE
+    ``UPDATE … WHERE id IN (…) RETURNING`` statement (PostgreSQL, and SQLite ≥ 3.35):
+    no separate id read and no reload. The UPDATE re-checks the status, so a run is
+    never claimed twice. ``started_at`` is the first time a handler began, so only a
+    running claim sets it. The caller saves the events."""
     conn = connections[using]
     q = conn.ops.quote_name
     when = _prep_datetime(now, conn)
     claimable = sorted(CLAIMABLE)
+    started = (f"{q('started_at')} = COALESCE({q('started_at')}, %s), "
+               if status == Status.RUNNING else "")
     sql = (
         f"UPDATE {q(Run._meta.db_table)} SET {q('status')} = %s, {q('worker_id')} = %s, "
-        f"{q('attempt')} = {q('attempt')} + 1, "
-        f"{q('started_at')} = COALESCE({q('started_at')}, %s), {q('updated_at')} = %s "
+        f"{q('attempt')} = {q('attempt')} + 1, {started}{q('updated_at')} = %s "
         f"WHERE {q('id')} IN ({sub_sql}) "
         f"AND {q('status')} IN ({', '.join(['%s'] * len(claimable))}) "
         f"RETURNING {_run_columns(conn)}"
     )
-    params = [Status.RUNNING.value, worker_id, when, when, *sub_params, *claimable]
+    params = [status.value, worker_id, *([when] if started else []), when, *sub_params, *claimable]
     with conn.cursor() as cursor:
         cursor.execute(sql, params)
         claimed = _runs_from_rows(cursor.fetchall(), using)
@@ -712,21 +1155,117 @@ def _runs_from_rows(rows: Iterable[Sequence[Any]], using: str) -> list[Run]:
     return runs
 
 
-def requeue(run_ids: Iterable[int], reason: str = "") -> list[int]:
-    """Put claimed runs that never started back to pending; the attempt is not counted."""
+def take_hand_overs(executor: str, retry_after: float, limit: int,
+                    paused: pauses.PauseSet = pauses.NOTHING) -> list[int]:
+    """Mark up to ``limit`` waiting runs of ``executor`` as handed over and return their
+    ids, for the engine's sweeper to hand over: due runs never handed over since they
+    last changed (a failed hand-over, a retry, a rescued run), or handed over more than
+    ``retry_after`` seconds ago and still not begun (a hand-over the engine lost).
+
+    A read first (the usual answer is none, and on SQLite a write transaction would
+    take the write lock), then one guarded UPDATE: of concurrent sweepers, one takes
+    each run. Runs of ``paused`` tasks and queues wait until they are resumed.
+    """
+    using = _db()
+    conn = connections[using]
+    q = conn.ops.quote_name
+    table = q(Run._meta.db_table)
+    now = timezone.now()
+    when = _prep_datetime(now, conn)
+    statuses = ", ".join(f"'{status}'" for status in sorted(CLAIMABLE))  # as the index says
+    waiting = (
+        f"{q('status')} IN ({statuses}) AND {q('executor')} = %s AND {q('run_after')} <= %s "
+        f"AND ({q('handed_at')} IS NULL OR {q('handed_at')} < {q('updated_at')} "
+        f"OR {q('handed_at')} < %s)"
+        + pauses.exclusion_sql(q, len(paused.tasks), len(paused.queues))
+    )
+    params = [executor, when, _prep_datetime(now - dt.timedelta(seconds=retry_after), conn),
+              *sorted(paused.tasks), *sorted(paused.queues)]
+    with conn.cursor() as cursor:
+        cursor.execute(f"SELECT {q('id')} FROM {table} WHERE {waiting} "
+                       f"ORDER BY {q('priority')} DESC, {q('run_after')}, {q('id')} LIMIT %s",
+                       [*params, limit])
+        run_ids = [row[0] for row in cursor.fetchall()]
+    if not run_ids:
+        return []
+    with transaction.atomic(using=using), conn.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET {q('handed_at')} = %s WHERE {q('id')} IN "
+            f"({', '.join(['%s'] * len(run_ids))}) AND {waiting} RETURNING {q('id')}",
+            [when, *run_ids, *params],
+        )
+        return sorted(row[0] for row in cursor.fetchall())
+
+
+def clear_hand_overs(run_ids: Sequence[int]) -> None:
+    """The hand-over of these runs failed: the next sweep hands them over again."""
+    Run.objects.using(_db()).filter(pk__in=list(run_ids), status__in=sorted(CLAIMABLE)).update(
+        handed_at=None)
+
+
+def requeue(run_ids: Iterable[int], reason: str = "", worker_id: str | None = None) -> list[int]:
+    """Give back held runs whose handlers never began: back to pending without using up
+    an attempt, or canceled if a cancel was requested meanwhile (their handlers never
+    run). With ``worker_id``, only runs that worker still holds."""
     using = _db()
     done = []
     for run_id in run_ids:
         with transaction.atomic(using=using):
             run = _locked(run_id, using)
-            if run is None or run.status not in ALLOWED_FROM[Status.PENDING]:
+            if run is None or run.status not in ACTIVE:
                 continue
-            fields = {"worker_id": "", "attempt": max(run.attempt - 1, 0)}
-            if reason:
-                fields["progress_message"] = reason
-            _apply(run, Status.PENDING, fields, using)
+            if worker_id is not None and run.worker_id != worker_id:
+                continue
+            if run.status == Status.CANCEL_REQUESTED:
+                _apply(run, Status.CANCELED, _unstarted_fields(run, CANCELED_UNSTARTED), using)
+            else:
+                _apply(run, Status.PENDING, _unstarted_fields(run, reason), using)
             done.append(run_id)
     return done
+
+
+def _unstarted_fields(run: Run, reason: str = "") -> dict[str, Any]:
+    """Give a claim back: the attempt its claim counted is not used up."""
+    fields: dict[str, Any] = {"worker_id": "", "attempt": max(run.attempt - 1, 0)}
+    if reason:
+        fields["progress_message"] = reason
+    return fields
+
+
+# A held run whose cancel came before its handler began: canceled, attempt given back.
+CANCELED_UNSTARTED = "canceled before it started"
+
+
+def begin_runs(worker_id: str, started: dict[int, dt.datetime]) -> list[int]:
+    """Record that the handlers of these claimed runs began (``started``: run id -> when):
+    ``claimed`` -> ``running`` while ``worker_id`` still holds them; returns the ids
+    moved. Written only for runs that outlive SHORT_RUN_WINDOW or begin late, so short
+    runs go from claimed to their outcome with no write in between."""
+    if not started:
+        return []
+    using = _db()
+    now = timezone.now()
+    with transaction.atomic(using=using):
+        runs = list(Run.objects.using(using).select_for_update()
+                    .filter(pk__in=list(started), worker_id=worker_id, status=Status.CLAIMED)
+                    .order_by("id"))
+        for run in runs:
+            changed = _assign(run, Status.RUNNING,
+                              {"started_at": run.started_at or started[run.pk]}, now)
+            run.save(using=using, update_fields=changed)
+        _save_events([(run, "status") for run in runs], using)
+    return [run.pk for run in runs]
+
+
+def cancel_unstarted(run_id: int, worker_id: str) -> Run | None:
+    """End a run whose cancel was requested before its handler began (its worker gives
+    it up without running it): canceled."""
+    using = _db()
+    with transaction.atomic(using=using):
+        run = _locked(run_id, using)
+        if run is None or run.worker_id != worker_id or run.status != Status.CANCEL_REQUESTED:
+            return None
+        return _apply(run, Status.CANCELED, _unstarted_fields(run, CANCELED_UNSTARTED), using)
 
 
 def _locked(run_id: int, using: str) -> Run | None:
@@ -749,6 +1288,7 @@ def register_worker(worker_id: str, hostname: str, pid: int, queues: list[str], 
             "started_at": now,
             "heartbeat_at": now,
             "stopped_at": None,
+            "lost_at": None,
         },
     )
     return worker
@@ -756,8 +1296,46 @@ def register_worker(worker_id: str, hostname: str, pid: int, queues: list[str], 
 
 def heartbeat(worker_id: str, processed: int) -> None:
     Worker.objects.using(_db()).filter(pk=worker_id).update(
-        heartbeat_at=timezone.now(), processed=processed, stopped_at=None
+        heartbeat_at=timezone.now(), processed=processed, stopped_at=None, lost_at=None
     )
+
+
+def mark_lost_workers(heartbeat_timeout: float) -> int:
+    """Mark the workers whose heartbeat expired (not stopped) as lost; returns how many.
+    A lost worker that heartbeats again is alive again (:func:`heartbeat`)."""
+    now = timezone.now()
+    return Worker.objects.using(_db()).filter(
+        stopped_at__isnull=True, lost_at__isnull=True,
+        heartbeat_at__lt=now - dt.timedelta(seconds=heartbeat_timeout),
+    ).update(lost_at=now)
+
+
+def prune_workers(days: float, now: dt.datetime | None = None) -> int:
+    """Delete the rows of workers stopped or lost more than ``days`` days ago (their
+    runs keep their worker ids as text); returns how many."""
+    cutoff = (now or timezone.now()) - dt.timedelta(days=days)
+    gone = Q(stopped_at__lt=cutoff) | Q(stopped_at__isnull=True, heartbeat_at__lt=cutoff)
+    return Worker.objects.using(_db()).filter(gone).delete()[0]
+
+
+def take_lease(name: str, holder: str, seconds: float) -> bool:
+    """Take the lease ``name`` for ``seconds`` unless someone holds it: one conditional
+    UPDATE (or the first INSERT), so of many workers asking at once exactly one gets
+    it. Used by periodic jobs that one worker at a time should do (retention)."""
+    using = _db()
+    now = timezone.now()
+    until = now + dt.timedelta(seconds=seconds)
+    leases = Lease.objects.using(using)
+    if leases.filter(pk=name, until__lte=now).update(holder=holder, until=until):
+        return True
+    if leases.filter(pk=name).exists():
+        return False
+    try:
+        with transaction.atomic(using=using):
+            leases.create(name=name, holder=holder, until=until)
+        return True
+    except IntegrityError:  # another worker created it at the same moment
+        return False
 
 
 def stop_worker(worker_id: str) -> None:
@@ -788,11 +1366,12 @@ def recover_lost_runs(heartbeat_timeout: float, worker_id: str | None = None) ->
     """
     using = _db()
     if worker_id is None:
+        mark_lost_workers(heartbeat_timeout)  # the rows say what recovery decided
         cutoff = timezone.now() - dt.timedelta(seconds=heartbeat_timeout)
         alive = Worker.objects.using(using).filter(heartbeat_at__gte=cutoff, stopped_at__isnull=True)
         lost_qs = Run.objects.using(using).filter(status__in=sorted(ACTIVE)).exclude(
             worker_id__in=alive.values("id")
-        )
+        ).exclude(kind__in=sorted(flows.KINDS))  # no worker holds a chain's or group's parent
     else:
         lost_qs = Run.objects.using(using).filter(status__in=sorted(ACTIVE), worker_id=worker_id)
     rescued = []
@@ -803,8 +1382,25 @@ def recover_lost_runs(heartbeat_timeout: float, worker_id: str | None = None) ->
                 continue
             if worker_id is None and worker_alive(run.worker_id, heartbeat_timeout, using):
                 continue  # its worker came back between the two queries
-            rescued.append(_release(run, "WorkerLost", "worker lost", using))
+            rescued.append(_rescue(run, using))
     return rescued
+
+
+def _rescue(run: Run, using: str) -> Run:
+    """End a lost worker's hold on ``run``. A handler that never began (``claimed``)
+    costs no attempt: the run is pending again at once. That is bounded: a run lost
+    with its worker LOST_CLAIMS_LIMIT times while claimed (one that takes its worker
+    down within SHORT_RUN_WINDOW of beginning) counts the next loss as an attempt."""
+    if run.status == Status.CLAIMED and run.claims_lost < conf.get("LOST_CLAIMS_LIMIT"):
+        fields = _attempt_error_fields(run, "WorkerLost",
+                                       "worker lost before the handler began (not counted)")
+        fields["errors"][-1]["counted"] = False
+        fields.update(attempt=max(run.attempt - 1, 0), claims_lost=run.claims_lost + 1)
+        return _apply(run, Status.PENDING, fields, using)
+    message = "worker lost"
+    if run.status == Status.CLAIMED:
+        message = f"worker lost {run.claims_lost + 1} times while holding this run"
+    return _release(run, "WorkerLost", message, using)
 
 
 def release(run_id: int, error_type: str, message: str, *, counts: bool = True) -> Run | None:
@@ -861,11 +1457,18 @@ def _release(run: Run, error_type: str, message: str, using: str) -> Run:
     return _apply(run, target, fields, using)
 
 
-def has_due(queues: Sequence[str] | None) -> bool:
-    """A cheap read (no write lock) before trying a claim."""
+def has_due(queues: Sequence[str] | None, paused: pauses.PauseSet = pauses.NOTHING) -> bool:
+    """A cheap read (no write lock) before trying a claim: are runs due that this
+    worker may claim (not of ``paused`` tasks or queues)?"""
     due = Run.objects.using(_db()).filter(
-        status__in=sorted(CLAIMABLE), run_after__lte=timezone.now()
+        status__in=sorted(CLAIMABLE), run_after__lte=timezone.now(), executor=executors.BUILTIN
     )
+    if paused:
+        shape = pauses.claim_shape(paused, queues)
+        if shape is None:
+            return False
+        queues = shape.queues
+        due = due.exclude(task_name__in=shape.skip_tasks).exclude(queue__in=shape.skip_queues)
     if queues:
         due = due.filter(queue__in=list(queues))
     return due.exists()
@@ -1007,18 +1610,29 @@ def prunable_runs(keep_last: int | None, days: float | None, now: dt.datetime | 
     return terminal.filter(doomed)
 
 
+# Bounds of prune()'s limits: beyond them the database fails (bigint out of range, date
+# out of range, too many SQL variables in one batch) instead of meaning anything more.
+PRUNE_MAX_KEEP_LAST = 10**9
+PRUNE_MAX_DAYS = 36_525  # a century
+PRUNE_MAX_BATCH = 10_000
+
+
 def prune(
     keep_last: int | None,
     days: float | None,
     dry_run: bool = False,
     batch_size: int = 1000,
     now: dt.datetime | None = None,
+    *,
+    max_batches: int | None = None,
+    pause: float = 0.0,
 ) -> dict[str, int]:
     """Delete the runs :func:`prunable_runs` selects, with their events, in batches.
 
     Each batch is its own short transaction, so a prune of a million runs never holds
     the database (or SQLite's write lock) for long. Returns what was (or, with
-    ``dry_run``, would be) deleted: ``{"runs": n, "events": m}``.
+    ``dry_run``, would be) deleted: ``{"runs": n, "events": m}``. Automatic retention
+    bounds its pace: at most ``max_batches`` batches, ``pause`` seconds apart.
     """
     if keep_last is not None and (type(keep_last) is not int or keep_last < 0):
         raise ValueError(f"keep_last must be an integer >= 0 or None, got {keep_last!r}.")
@@ -1026,13 +1640,24 @@ def prune(
         raise ValueError(f"days must be a number >= 0 or None, got {days!r}.")
     if type(batch_size) is not int or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
+    for name, value, maximum in (("keep_last", keep_last, PRUNE_MAX_KEEP_LAST),
+                                 ("days", days, PRUNE_MAX_DAYS),
+                                 ("batch_size", batch_size, PRUNE_MAX_BATCH)):
+        if value is not None and value > maximum:
+            raise ValueError(f"{name} must be at most {maximum}, got {value!r}.")
     using = _db()
     qs = prunable_runs(keep_last, days, now)
     if dry_run:
         return {"runs": qs.count(),
                 "events": RunEvent.objects.using(using).filter(run__in=qs.values("id")).count()}
     counts = {"runs": 0, "events": 0}
-    while ids := list(qs.order_by().values_list("id", flat=True)[:batch_size]):
+    batches = 0
+    while (max_batches is None or batches < max_batches) and (
+        ids := list(qs.order_by().values_list("id", flat=True)[:batch_size])
+    ):
+        if batches and pause:
+            time.sleep(pause)  # let other writers (SQLite's one lock) in between batches
+        batches += 1
         with transaction.atomic(using=using):
             counts["events"] += RunEvent.objects.using(using).filter(run_id__in=ids).delete()[0]
             # Select, then update by pk: SQLite's UPDATE ... WHERE rerun_of_id IN (...)
@@ -1040,6 +1665,8 @@ def prune(
             reruns = list(Run.objects.using(using).filter(rerun_of_id__in=ids).values_list("id", flat=True))
             if reruns:
                 Run.objects.using(using).filter(pk__in=reruns).update(rerun_of=None)
+            # A flow's children outlive a pruned parent (and the other way round).
+            Run.objects.using(using).filter(parent_id__in=ids).update(parent=None)
             counts["runs"] += _delete_rows(Run, ids, using)
     return counts
 
@@ -1057,3 +1684,35 @@ def _delete_rows(model: Any, ids: list[int], using: str) -> int:
     with connection.cursor() as cursor:
         cursor.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", ids)
         return cursor.rowcount
+
+
+# ---------------------------------------------------------------- bulk moves (admin)
+
+
+def transition_many(
+    run_ids: Sequence[int], target: Status, from_statuses: Iterable[str], **fields: Any
+) -> list[Run]:
+    """Move those of ``run_ids`` whose status is in ``from_statuses`` (and from which the
+    lifecycle allows ``target``) to ``target`` in ONE transaction: one UPDATE, one event
+    INSERT. Returns the runs moved; the others are left as they are.
+
+    For bulk actions: ``transition`` per run costs a transaction and three statements
+    each (8,361 runs took 5.8 s); callers pass bounded batches so no transaction is long.
+    """
+    using = _db()
+    allowed = sorted(set(from_statuses) & ALLOWED_FROM[target])
+    if not run_ids or not allowed:
+        return []
+    with transaction.atomic(using=using):
+        moving = list(Run.objects.using(using).select_for_update()
+                      .filter(pk__in=list(run_ids), status__in=allowed).order_by("id"))
+        if not moving:
+            return []
+        now = timezone.now()
+        for run in moving:
+            changed = _assign(run, target, fields, now)
+        # The same values for every row (status, updated_at, finished_at, fields): one UPDATE.
+        Run.objects.using(using).filter(pk__in=[run.pk for run in moving]).update(
+            **{name: getattr(moving[0], name) for name in changed})
+        _save_events([(run, "status") for run in moving], using)
+    return moving

@@ -4,7 +4,7 @@ The event stream (``SSE_URL``, by default ``/tasks/events/``) is served by the A
 in :mod:`django_tasks_live.asgi`, not by these routes.
 """
 
-from django.urls import path
+from django.urls import path, re_path
 
 from . import views
 
@@ -15,4 +15,5 @@ urlpatterns = [
     path("runs/<int:run_id>/", views.run_detail, name="run"),
     path("runs/<int:run_id>/cancel/", views.cancel, name="cancel"),
     path("runs/<int:run_id>/rerun/", views.rerun, name="rerun"),
+    re_path(r"^(?P<path>.*)$", views.not_found),  # JSON 404s, not the site's HTML page
 ]

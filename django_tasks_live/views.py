@@ -7,25 +7,26 @@ CSRF-protected like any Django POST view.
 
 from __future__ import annotations
 
-import inspect
-import json
+from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlencode
 
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import render
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
-from . import api, authz, store
+from . import api, authz, pauses, store
+from .arguments import from_form
+from .jsonvalues import parse_json
 from .models import Run
 from .registry import TaskSpec, UnknownTask, registry
+from .sse_query import parse_labels
 from .states import IllegalTransition, Status
 
 MAX_RUN_ID = 2**63 - 1
 # Form fields that are never handler arguments.
 RESERVED_FIELDS = {"csrfmiddlewaretoken", "next"}
-TRUE_WORDS = {"1", "true", "yes", "on"}
-FALSE_WORDS = {"0", "false", "no", "off", ""}
 
 
 def _error(status: int, message: str) -> JsonResponse:
@@ -49,68 +50,59 @@ def _is_json(request: HttpRequest) -> bool:
 # ---------------------------------------------------------------- start
 
 
-def _coerce(spec: TaskSpec, name: str, values: list[str]) -> Any:
-    """A form value (always text) as the handler parameter's declared scalar type."""
-    param = spec.signature.parameters.get(name)
-    kind = _scalar_type(param) if param is not None else None
-    if len(values) > 1:
-        return [_convert(kind, name, value) for value in values]
-    return _convert(kind, name, values[0])
-
-
-def _scalar_type(param: inspect.Parameter) -> type | None:
-    annotation = param.annotation
-    if isinstance(annotation, str):  # postponed annotations: read the plain names only
-        annotation = {"int": int, "float": float, "bool": bool, "str": str}.get(annotation)
-    if annotation in (int, float, bool, str):
-        return annotation
-    default = param.default
-    if default is not inspect.Parameter.empty and type(default) in (int, float, bool):
-        return type(default)
-    return None
-
-
-def _convert(kind: type | None, name: str, value: str) -> Any:
-    if kind is bool:
-        word = value.strip().lower()
-        if word in TRUE_WORDS | FALSE_WORDS:
-            return word in TRUE_WORDS
-        raise ValueError(f"{name} must be a boolean (true/false), got {value!r}.")
-    if kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            what = "an integer" if kind is int else "a number"
-            raise ValueError(f"{name} must be {what}, got {value!r}.") from None
-    return value
-
-
 def _kwargs(request: HttpRequest, spec: TaskSpec) -> dict[str, Any]:
-    """Handler arguments: a JSON object body, or form fields typed by the handler signature."""
+    """Handler arguments: a JSON object body, or form fields typed by the handler's
+    annotations (:func:`arguments.from_form`); :func:`api.start` validates either."""
     if _is_json(request):
-        try:
-            data = json.loads(request.body or b"{}")
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ValueError(f"The body is not valid JSON: {exc}.") from None
+        data = parse_json(request.body or b"{}")  # no NUL/surrogate, bounded depth
         if not isinstance(data, dict):
             raise ValueError("The JSON body must be an object of keyword arguments.")
         return data
     return {
-        key: _coerce(spec, key, request.POST.getlist(key))
+        key: from_form(spec, key, request.POST.getlist(key))
         for key in request.POST
         if key not in RESERVED_FIELDS
     }
 
 
+def _page_of(request: HttpRequest) -> str:
+    """The page a start came from (its ``next`` field, else the Referer), if it is this site's."""
+    from urllib.parse import urlsplit
+
+    for candidate in (request.POST.get("next") if not _is_json(request) else None,
+                      request.headers.get("Referer")):
+        if candidate and url_has_allowed_host_and_scheme(
+            candidate, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+        ):
+            parts = urlsplit(candidate)
+            return parts.path + (f"?{parts.query}" if parts.query else "")
+    return "/"
+
+
+def _log_in_first(request: HttpRequest) -> HttpResponse:
+    """Logged out: log in, then land back on the page the Start came from (never on this
+    POST-only URL, which a GET after login would answer with 405)."""
+    from django.contrib.auth.views import redirect_to_login
+
+    login = redirect_to_login(_page_of(request))
+    if _is_json(request) or "application/json" in request.headers.get("Accept", ""):
+        return JsonResponse({"error": "Log in to start tasks.", "login_url": login["Location"]},
+                            status=401)
+    return login
+
+
 @require_POST
 def start(request: HttpRequest, task_name: str) -> HttpResponse:
     """Start a registered task with keyword arguments from the body; the caller owns the run."""
+    # Authorised first: the 404 of an unknown task lists the registered ones.
+    if not request.user.is_authenticated:
+        return _log_in_first(request)
+    if not authz.can_start(request.user, task_name):
+        return _error(403, f"You may not start {task_name!r}.")
     try:
         spec = registry.get(task_name)
     except UnknownTask as exc:
         return _error(404, str(exc))
-    if not authz.can_start(request.user, task_name):
-        return _error(403, f"You may not start {task_name!r}.")
     try:
         run = api.using(owner=request.user).start(task_name, **_kwargs(request, spec))
     except (TypeError, ValueError) as exc:
@@ -121,25 +113,32 @@ def start(request: HttpRequest, task_name: str) -> HttpResponse:
 # ---------------------------------------------------------------- one run
 
 
-def _run_for(request: HttpRequest, run_id: int) -> Run | JsonResponse:
-    """The run if it exists and the user may act on it, else the error response."""
+def _run_for(request: HttpRequest, run_id: int,
+             allowed: Callable[[Any, Run], bool] = authz.can_manage_run) -> Run | JsonResponse:
+    """The run if it exists and ``allowed(user, run)``, else the error response."""
     if run_id > MAX_RUN_ID:
         return _error(404, f"Run {run_id} does not exist.")
     try:
         run = store.get_run(run_id)
     except Run.DoesNotExist:
         return _error(404, f"Run {run_id} does not exist.")
-    if not authz.can_manage_run(request.user, run):
+    if not allowed(request.user, run):
+        if authz.can_view_run(request.user, run) and allowed is authz.can_rerun:
+            return _error(403, f"You may not start {run.task_name!r}, so not rerun run {run_id}.")
         return _error(403, f"You may not act on run {run_id}.")
     return run
 
 
 @require_GET
 def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
-    run = _run_for(request, run_id)
+    run = _run_for(request, run_id, authz.can_view_run)
     if isinstance(run, JsonResponse):
         return run
-    return JsonResponse({"run": run.to_state()})
+    state = run.to_state()
+    reason = pauses.current().run_reason(run)
+    if reason:  # why a waiting run is not claimed
+        state["paused"] = reason
+    return JsonResponse({"run": state})
 
 
 @require_POST
@@ -155,7 +154,7 @@ def cancel(request: HttpRequest, run_id: int) -> HttpResponse:
 
 @require_POST
 def rerun(request: HttpRequest, run_id: int) -> HttpResponse:
-    run = _run_for(request, run_id)
+    run = _run_for(request, run_id, authz.can_rerun)
     if isinstance(run, JsonResponse):
         return run
     try:
@@ -164,21 +163,33 @@ def rerun(request: HttpRequest, run_id: int) -> HttpResponse:
         return _error(409, str(exc))
 
 
+def not_found(request: HttpRequest, path: str = "") -> HttpResponse:
+    """Any other URL under the JSON endpoints: a JSON 404 like theirs."""
+    return _error(404, f"No endpoint at {request.path!r}.")
+
+
 # ---------------------------------------------------------------- pages
 
 
 @require_GET
 def run_list(request: HttpRequest) -> HttpResponse:
-    """Runs of one status (``?status=running``; none: all), live on the page."""
-    status = request.GET.get("status", "")
-    if status and status not in Status.values:
-        return HttpResponse(
-            f"Unknown status {status!r}; use one of: {', '.join(Status.values)}.",
-            status=400, content_type="text/plain; charset=utf-8",
-        )
+    """Runs of one status (``?status=running``; none: all), optionally of one task
+    (``&task=``) and labels (``&label=k:v``), live on the page; the filters are those
+    of :func:`api.runs`, with its error text."""
+    status, task = request.GET.get("status", ""), request.GET.get("task", "")
+    label_values = request.GET.getlist("label")
+    try:
+        labels = parse_labels(label_values)
+        api.runs(status=status or None, task=task or None, labels=labels or None)  # checks them
+    except (TypeError, ValueError) as exc:
+        return HttpResponse(str(exc), status=400, content_type="text/plain; charset=utf-8")
     if not request.user.is_authenticated:
         return HttpResponse("Log in to see runs.", status=403, content_type="text/plain; charset=utf-8")
+    others = urlencode([("task", task)] * bool(task) + [("label", v) for v in label_values])
     return render(request, "django_tasks_live/runs.html", {
         "status": status,
+        "task": task,
+        "label": ",".join(label_values),
+        "others": f"&{others}" if others else "",
         "statuses": Status.choices,
     })

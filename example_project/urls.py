@@ -1,7 +1,6 @@
 """URLs of the demo site: the demo pages, the admin, and the app's endpoints under tasks/."""
 
 from django.contrib import admin
-from django.contrib.staticfiles.urls import staticfiles_urlpatterns
 from django.urls import include, path
 
 urlpatterns = [
@@ -9,5 +8,3 @@ urlpatterns = [
     path("tasks/", include("django_tasks_live.urls")),
     path("", include("example_project.demo.urls")),
 ]
-# Plain daphne serves no static files: tasks_live.js comes from here while DEBUG is on.
-urlpatterns += staticfiles_urlpatterns()

@@ -2,18 +2,33 @@ import os
 
 import pytest
 
-from tests.support.db import service_reachable
+from tests.support.db import POSTGRES_SKIP_REASON, service_reachable
 
 
 def pytest_collection_modifyitems(config, items):
-    """The PostgreSQL suite skips, with the reason, when the server does not answer."""
+    """The PostgreSQL suite skips, with the reason, when the server does not answer;
+    on SQLite, tests marked ``postgres`` skip saying how they are run."""
     if os.environ.get("TASKS_LIVE_TEST_DB") != "postgres":
+        skip = pytest.mark.skip(reason=POSTGRES_SKIP_REASON)
+        for item in items:
+            if item.get_closest_marker("postgres"):
+                item.add_marker(skip)
         return
     host, port = os.environ.get("PGHOST", "127.0.0.1"), int(os.environ.get("PGPORT", "5432"))
     if not service_reachable(host, port):
         skip = pytest.mark.skip(reason=f"PostgreSQL not reachable at {host}:{port}")
         for item in items:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_snapshot():
+    """The dashboard/metrics snapshot is cached per process: no test sees another's."""
+    from django_tasks_live import stats
+
+    stats.reset()
+    yield
+    stats.reset()
 
 
 @pytest.fixture(autouse=True)

@@ -17,6 +17,14 @@ from django_tasks_live.states import IllegalTransition, Status
 pytestmark = pytest.mark.django_db
 
 
+def nested(depth: int) -> list:
+    """A list nested ``depth`` deep: [[[...]]]."""
+    value: list = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
 def no_rows() -> bool:
     return not Run.objects.exists() and not RunEvent.objects.exists()
 
@@ -60,14 +68,27 @@ def test_using_run_after():
     (lambda: tasks_live.start(None), ValueError, "task name must be a non-empty string"),
     (lambda: tasks_live.start("add", a=1), TypeError, "missing a required argument: 'b'"),
     (lambda: tasks_live.start("noop", m=1), TypeError, "unexpected keyword argument 'm'"),
-    (lambda: tasks_live.start("noop", n=dt.date(2026, 1, 1)), TypeError,
-     r"kwargs\['n'\] is a date, which is not JSON-serializable"),
-    (lambda: tasks_live.start("add", {1, 2}, b=1), TypeError, r"args\[0\] is a set"),
-    (lambda: tasks_live.start("noop", n=float("nan")), TypeError, "JSON cannot represent"),
-    (lambda: tasks_live.start("noop", n={1: "x"}), TypeError, "JSON object keys must be strings"),
+    (lambda: tasks_live.start("keep", value=dt.date(2026, 1, 1)), TypeError,
+     r"kwargs\['value'\] is a date, which is not JSON-serializable"),
+    (lambda: tasks_live.start("keep", {1, 2}), TypeError, r"args\[0\] is a set"),
+    (lambda: tasks_live.start("keep", value=float("nan")), TypeError, "JSON cannot represent"),
+    (lambda: tasks_live.start("keep", value={1: "x"}), TypeError, "JSON object keys must be strings"),
     (lambda: tasks_live.start("echo", payload="a\x00b"), TypeError,
      r"kwargs\['payload'\] contains a NUL character"),
-    (lambda: tasks_live.start("noop", n={"k\x00": 1}), TypeError, r"key 'k\\x00' contains a NUL"),
+    (lambda: tasks_live.start("keep", value={"k\x00": 1}), TypeError, r"key 'k\\x00' contains a NUL"),
+    (lambda: tasks_live.start("echo", payload="x\ud800y"), TypeError,
+     r"kwargs\['payload'\] contains a lone surrogate \(\\ud800 at position 1\)"),
+    (lambda: tasks_live.start("keep", ["\udc00"]), TypeError,
+     r"args\[0\]\[0\] contains a lone surrogate"),
+    (lambda: tasks_live.start("keep", value={"k\ud83d": 1}), TypeError,
+     r"key 'k\\ud83d' contains a lone surrogate"),
+    (lambda: tasks_live.start("keep", value=nested(100)), TypeError,
+     r"kwargs\['value'\](\[0\]){99} is nested more than 100 levels deep"),
+    (lambda: tasks_live.start("\ud800"), ValueError, "no lone surrogate"),
+    (lambda: tasks_live.start("add", a="1", b=2), TypeError,
+     r"^Bad arguments for task 'add': parameter 'a' expected int, got '1' \(str\)\.$"),
+    (lambda: tasks_live.start("add", True, b=2), TypeError,
+     r"^Bad arguments for task 'add': parameter 'a' expected int, got True \(bool\)\.$"),
 ])
 def test_start_refuses_bad_input_and_writes_nothing(call, error, message):
     with pytest.raises(error, match=message):
@@ -76,10 +97,16 @@ def test_start_refuses_bad_input_and_writes_nothing(call, error, message):
 
 
 @pytest.mark.parametrize("options,error,message", [
-    ({"queue": ""}, ValueError, "queue must be a non-empty string"),
-    ({"queue": "q" * 101}, ValueError, "at most 100 characters"),
-    ({"queue": "q\x00"}, ValueError, "no NUL"),
+    ({"queue": ""}, ValueError, "queue must be 1-100 letters"),
+    ({"queue": "q" * 101}, ValueError, "queue must be 1-100 letters"),
+    ({"queue": "q\x00"}, ValueError, "queue must be 1-100 letters"),
+    ({"queue": "a b"}, ValueError, r"queue must be 1-100 letters, digits or _.:@- \(what tasks_"),
+    ({"queue": "nowhere"}, ValueError, r"queue 'nowhere' is not one of the queues in TASKS.*: default, "),
     ({"labels": {"k": "v\x00"}}, TypeError, r"labels\['k'\] contains a NUL character"),
+    ({"labels": {"k": "v\ud800"}}, TypeError,
+     r"labels\['k'\] contains a lone surrogate \(\\ud800 at position 1\)"),
+    ({"labels": {"k\udfff": "v"}}, TypeError, r"labels key 'k\\udfff' contains a lone surrogate"),
+    ({"unique_key": "u\ud800"}, ValueError, "no lone surrogate"),
     ({"priority": 101}, ValueError, "priority must be an integer from -100 to 100"),
     ({"priority": True}, ValueError, "priority must be an integer"),
     ({"priority": "1"}, ValueError, "priority must be an integer"),
@@ -129,7 +156,7 @@ def test_start_many_with_options():
 @pytest.mark.parametrize("calls,error,message", [
     ([("noop", {}), ("nope", {})], UnknownTask, "Unknown task 'nope'"),
     ([("noop", {}), ("add", {"a": 1})], TypeError, "missing a required argument"),
-    ([("noop", {}), ("noop", {"n": object()})], TypeError, "not JSON-serializable"),
+    ([("noop", {}), ("keep", {"value": object()})], TypeError, "not JSON-serializable"),
     ([("noop", {}), "noop"], TypeError, r"calls\[1\] must be \(name, kwargs\)"),
     ([("noop", {}), ("noop", [1])], TypeError, r"calls\[1\] kwargs must be a mapping"),
     ([("noop", {}), ("noop",)], TypeError, r"calls\[1\] must be"),
@@ -155,14 +182,50 @@ def test_cancel_of_a_pending_run_ends_it_at_once():
     assert runner.execute(run.pk) is None  # a worker that claims it later does nothing
 
 
-def test_cancel_of_a_running_run_asks_it_to_stop():
+@pytest.mark.parametrize("begin", [True, False], ids=["running", "claimed"])
+def test_cancel_of_a_held_run_asks_its_worker_to_stop_it(begin):
     run = tasks_live.start("noop")
-    store.claim_run(run.pk, "w1")
+    store.claim_run(run.pk, "w1", begin=begin)
     assert tasks_live.cancel(run).status == Status.CANCEL_REQUESTED
     assert tasks_live.cancel(run).status == Status.CANCEL_REQUESTED  # asking twice is harmless
 
 
-@pytest.mark.parametrize("status", [Status.COMPLETED, Status.FAILED, Status.CANCELED, Status.TIMED_OUT])
+def test_cancel_is_idempotent():
+    run = tasks_live.start("noop")
+    first = tasks_live.cancel(run.pk)
+    again = tasks_live.cancel(run.pk)
+    assert first.status == again.status == Status.CANCELED
+    assert again.cancel_requested_at == first.cancel_requested_at  # nothing rewritten
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_cancels_of_one_run_all_succeed():
+    """Cancels racing on one running run (each read it as running) all return it."""
+    from django.db import connection
+
+    run = tasks_live.start("noop")
+    store.claim_run(run.pk, "w1")
+    barrier = threading.Barrier(4)
+    answers: list[object] = []
+
+    def cancel() -> None:
+        try:
+            barrier.wait()
+            answers.append(tasks_live.cancel(run.pk).status)
+        except Exception as exc:  # collected: the assertion below names it
+            answers.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=cancel) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert answers == [Status.CANCEL_REQUESTED] * 4
+
+
+@pytest.mark.parametrize("status", [Status.COMPLETED, Status.FAILED, Status.TIMED_OUT])
 def test_cancel_of_a_finished_run_is_refused(status):
     run = tasks_live.start("noop")
     Run.objects.filter(pk=run.pk).update(status=status)
@@ -280,3 +343,160 @@ def test_async_twins():
     done, again, canceled = asyncio.run(main())
     assert done.result == 9
     assert again.rerun_of_id == done.pk and canceled.status == Status.CANCELED
+
+
+# ---------------------------------------------------------------- listing runs
+
+
+def test_runs_filters_by_status_task_queue_labels_owner_and_since():
+    from django.contrib.auth.models import User
+
+    ann = User.objects.create(username="ann")
+    old = tasks_live.using(queue="other", labels={"tenant": "acme"}, owner=ann).start("noop")
+    Run.objects.filter(pk=old.pk).update(created_at=timezone.now() - dt.timedelta(days=3))
+    acme = tasks_live.using(queue="other", labels={"tenant": "acme", "k": "v"}).start("add", a=1, b=2)
+    other = tasks_live.using(labels={"tenant": "other"}, owner=ann).start("noop")
+    store.transition(other.pk, Status.RUNNING)
+
+    def ids(**filters):
+        return list(tasks_live.runs(**filters).values_list("id", flat=True))
+
+    assert ids() == [other.pk, acme.pk, old.pk]  # newest first
+    assert ids(status="running") == [other.pk]
+    assert ids(status=["pending", "running"]) == [other.pk, acme.pk, old.pk]
+    assert ids(task="noop") == [other.pk, old.pk]
+    assert ids(task=["add"], queue="other") == [acme.pk]
+    assert ids(queue=["other"]) == [acme.pk, old.pk]
+    assert ids(labels={"tenant": "acme"}) == [acme.pk, old.pk]
+    assert ids(labels={"tenant": "acme", "k": "v"}) == [acme.pk]
+    assert ids(owner=ann) == ids(owner=ann.pk) == [other.pk, old.pk]
+    assert ids(since=dt.timedelta(days=1)) == [other.pk, acme.pk]
+    assert ids(since=timezone.now() - dt.timedelta(days=4), owner=ann, status="pending") == [old.pk]
+    assert tasks_live.runs(status="completed").count() == 0
+
+
+@pytest.mark.parametrize(("filters", "error", "message"), [
+    ({"status": "done"}, ValueError, "Unknown status 'done'; use one of: pending, "),
+    ({"status": 3}, TypeError, "status must be a string or an iterable of strings, got 3."),
+    ({"task": [""]}, ValueError, "task must be non-empty strings, got ''."),
+    ({"queue": {"a": 1}}, TypeError, "queue must be a string or an iterable"),
+    ({"labels": {"a:b": "c"}}, ValueError, "labels must map non-empty strings without ':'"),
+    ({"labels": ["x"]}, TypeError, "labels must be a mapping"),
+    ({"owner": "ann"}, TypeError, "owner must be a user or a user id, got 'ann'."),
+    ({"since": "yesterday"}, TypeError, "since must be a datetime or a timedelta"),
+    ({"since": dt.datetime(2026, 1, 1)}, ValueError, "since must be an aware datetime."),
+])
+def test_runs_refuses_bad_filters(filters, error, message):
+    with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
+        tasks_live.runs(**filters)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'colour'"):
+        tasks_live.runs(colour="red")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_aruns_iterates_asynchronously():
+    from asgiref.sync import sync_to_async
+    from django.db import connections
+
+    first = tasks_live.start("noop")
+    second = tasks_live.using(labels={"tenant": "acme"}).start("noop")
+
+    async def main():
+        listed = [run.pk async for run in tasks_live.aruns(task="noop")]
+        count = await tasks_live.aruns(labels={"tenant": "acme"}).acount()
+        await sync_to_async(connections.close_all)()
+        return listed, count
+
+    assert asyncio.run(main()) == ([second.pk, first.pk], 1)
+
+
+# ---------------------------------------------------------------- unique, debounce, run once
+
+
+def test_a_unique_start_while_one_is_pending_returns_it():
+    first, created = tasks_live.start_or_get("unique-sync", account=7)
+    again, created_again = tasks_live.start_or_get("unique-sync", 7, full=True)
+    assert (created, created_again, again.pk) == (True, False, first.pk)
+    assert tasks_live.start("unique-sync", account=7).created is False
+    assert tasks_live.start("unique-sync", account=8).created is True
+    assert Run.objects.filter(task_name="unique-sync").count() == 2
+    # Once it runs, a start creates the next run (unique while pending, the default).
+    store.claim_run(first.pk, "w1")
+    nxt, created = tasks_live.start_or_get("unique-sync", account=7)
+    assert created and nxt.pk != first.pk and nxt.pending_key == first.pending_key
+
+
+def test_unique_while_active_shares_a_running_run_until_it_ends():
+    first = tasks_live.start("unique-active", n=1)
+    store.claim_run(first.pk, "w1")
+    assert tasks_live.start_or_get("unique-active", n=1) == (Run.objects.get(pk=first.pk), False)
+    assert tasks_live.start_or_get("unique-active", n=2)[1] is True  # other arguments, other key
+    store.transition(first.pk, Status.COMPLETED)
+    assert tasks_live.start_or_get("unique-active", n=1)[1] is True
+
+
+def test_a_key_callable_returning_none_exempts_the_start():
+    assert tasks_live.start("unique-maybe", n=-1).pk != tasks_live.start("unique-maybe", n=-1).pk
+    assert tasks_live.start("unique-maybe", n=1).pk == tasks_live.start("unique-maybe", n=1).pk
+
+
+def test_the_unique_key_option_refuses_in_start_and_shares_in_start_or_get():
+    first = tasks_live.using(unique_key="nightly").start("noop")
+    assert tasks_live.using(unique_key="nightly").start_or_get("noop") == (first, False)
+    with pytest.raises(ValueError, match="declares its own unique key"):
+        tasks_live.using(unique_key="k").start("unique-sync", account=1)
+
+
+def test_start_many_refuses_unique_tasks_and_writes_nothing():
+    with pytest.raises(ValueError, match=r"calls\[1\]: task 'unique-args' is unique"):
+        tasks_live.start_many([("noop", {}), ("unique-args", {"n": 1})])
+    assert no_rows()
+
+
+def test_debounced_starts_collapse_into_one_run_with_the_last_arguments():
+    before = timezone.now()
+    first, created = tasks_live.start_or_get("debounced", value=1)
+    assert created and first.run_after >= before + dt.timedelta(seconds=60)
+    for value in (2, 3):
+        run, created = tasks_live.start_or_get("debounced", value=value)
+        assert (run.pk, created) == (first.pk, False)
+    stored = Run.objects.get(pk=first.pk)
+    assert stored.kwargs == {"value": 3} and stored.run_after == first.run_after
+    # Once claimed, the window is over: the next start opens a new one.
+    Run.objects.filter(pk=first.pk).update(run_after=timezone.now())
+    assert runner.execute(first.pk, "w1").result == 3
+    assert tasks_live.start_or_get("debounced", value=4)[1] is True
+
+
+def test_debounce_keys_keep_separate_windows():
+    a = tasks_live.start("debounced-doc", doc="a", text="1")
+    b = tasks_live.start("debounced-doc", doc="b", text="1")
+    tasks_live.start("debounced-doc", doc="a", text="2")
+    assert a.pk != b.pk
+    assert Run.objects.get(pk=a.pk).kwargs == {"doc": "a", "text": "2"}
+    assert Run.objects.get(pk=b.pk).kwargs == {"doc": "b", "text": "1"}
+
+
+def test_run_once_returns_the_completed_run_and_allows_retries_after_failures():
+    failed = runner.execute(tasks_live.start("once", account=1, fail=True).pk, "w1")
+    assert failed.status == Status.FAILED
+    run, created = tasks_live.start_or_get("once", account=1)
+    assert created and run.pk != failed.pk
+    # While it waits or runs, starts share it.
+    assert tasks_live.start_or_get("once", account=1) == (run, False)
+    done = runner.execute(run.pk, "w1")
+    assert done.status == Status.COMPLETED
+    for _ in range(2):
+        assert tasks_live.start_or_get("once", account=1) == (done, False)
+    assert tasks_live.start_or_get("once", account=2)[1] is True
+    with pytest.raises(ValueError, match=f"Run {done.pk} was not rerun: run {done.pk} \\(completed\\)"):
+        tasks_live.rerun(done)
+
+
+def test_rerun_of_a_unique_task_shares_its_key():
+    old = runner.execute(tasks_live.start("unique-sync", account=3).pk, "w1")
+    waiting = tasks_live.start("unique-sync", account=3)
+    with pytest.raises(ValueError, match=f"run {waiting.pk} \\(pending\\) already stands for its key"):
+        tasks_live.rerun(old)
+    tasks_live.cancel(waiting)
+    assert tasks_live.rerun(old).rerun_of_id == old.pk

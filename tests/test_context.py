@@ -138,11 +138,19 @@ def test_is_canceled_notices_a_cancel_request():
             ctx.check()
 
 
-def test_the_status_is_reread_only_every_interval():
+def test_the_first_check_reads_the_status_later_ones_only_every_interval():
+    ctx = context_for("noop")
+    with live(CANCEL_CHECK_INTERVAL=60):
+        assert not ctx.is_canceled()  # read once: a cancel asked just before is seen
+        tasks_live.cancel(ctx.run.id)
+        assert not ctx.is_canceled()  # cheap: no query until the interval passed
+
+
+def test_a_cancel_asked_before_the_handler_began_is_seen_at_the_first_check():
     ctx = context_for("noop")
     tasks_live.cancel(ctx.run.id)
     with live(CANCEL_CHECK_INTERVAL=60):
-        assert not ctx.is_canceled()  # cheap: no query until the interval passed
+        assert ctx.is_canceled()
 
 
 def test_a_progress_write_also_notices_the_cancel():
@@ -226,3 +234,37 @@ def test_async_twins():
 
     run = Run.objects.get(pk=ctx.run.id)
     assert run.status == Status.CANCEL_REQUESTED and run.steps[0]["state"] == "running"
+
+
+# ---------------------------------------------------------------- durable steps
+
+
+@pytest.mark.parametrize("name", ["", "x" * 101, "a\x00b", 7])
+def test_a_bad_step_name_is_a_clear_error(name):
+    ctx = context_for("noop")
+    with pytest.raises(ValueError, match="step name must be a non-empty string"):
+        ctx.step_run(name, lambda: 1)
+
+
+@pytest.mark.parametrize("seconds", [-1, float("inf"), float("nan"), "5", True])
+def test_bad_sleep_seconds_are_a_clear_error(seconds):
+    ctx = context_for("noop")
+    with pytest.raises(ValueError, match="sleep seconds must be a finite number"):
+        ctx.sleep("cooldown", seconds)
+
+
+def test_a_step_of_a_run_rescued_elsewhere_is_not_executed():
+    ctx = context_for("noop")
+    store.release(ctx.run.id, "WorkerLost", "worker lost")  # back to pending for another worker
+    calls = []
+    with pytest.raises(Canceled, match="no longer running here"):
+        ctx.step_run("fetch", lambda: calls.append(1))
+    assert calls == []
+
+
+def test_a_declared_step_can_be_durable():
+    ctx = context_for("import-data")
+    assert ctx.step_run("download", lambda: "file.csv") == "file.csv"
+    run = Run.objects.get(pk=ctx.run.id)
+    assert [(s["name"], s["state"]) for s in run.steps] == [("download", "done"), ("parse", "pending")]
+    assert run.percent == 30.0

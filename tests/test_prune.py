@@ -99,6 +99,9 @@ def test_no_limit_prunes_nothing(history):
     ({"keep_last": None, "days": -2}, "days must be a number >= 0"),
     ({"keep_last": None, "days": float("nan")}, "days must be a number >= 0"),
     ({"keep_last": 1, "days": None, "batch_size": 0}, "batch_size must be an integer >= 1"),
+    ({"keep_last": 2**63, "days": None}, "keep_last must be at most 1000000000"),
+    ({"keep_last": None, "days": 1e300}, "days must be at most 36525"),
+    ({"keep_last": 1, "days": None, "batch_size": 10**6}, "batch_size must be at most 10000"),
 ])
 def test_store_prune_refuses_bad_limits(history, kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -136,6 +139,17 @@ def test_command_defaults_to_the_retention_settings(history):
     assert remaining() == {history["a"][3], history["b"][3]}
 
 
+def test_command_dry_run_alone_uses_the_retention_settings(history):
+    # `tasks_prune --dry-run` with RETENTION_* set counts what a cron `tasks_prune` deletes.
+    with override_settings(TASKS_LIVE={"RETENTION_KEEP_LAST": 3, "RETENTION_DAYS": None}):
+        out = prune_cmd("--dry-run")
+    assert out.strip() == "Would delete 2 runs and 2 events (keeping the newest 3 per task)."
+    assert len(remaining()) == 8
+    with override_settings(TASKS_LIVE={"RETENTION_KEEP_LAST": None, "RETENTION_DAYS": None}), \
+            pytest.raises(CommandError, match=r"pass --keep-last N and/or --days D, or set"):
+        prune_cmd("--dry-run")
+
+
 def test_command_options_override_the_settings(history):
     with override_settings(TASKS_LIVE={"RETENTION_KEEP_LAST": 0}):
         prune_cmd("--keep-last", "4")
@@ -151,11 +165,24 @@ def test_command_options_override_the_settings(history):
     (("--days", "soon"), "--days must be a number >= 0, got 'soon'"),
     (("--days", "inf"), "--days must be a number >= 0"),
     (("--days", "1", "--batch-size", "0"), "--batch-size must be at least 1"),
+    # What the database would refuse: bigint out of range, date out of range, too many
+    # SQL variables in one statement.
+    (("--keep-last", "9" * 30), "--keep-last must be at most 1000000000, got '999"),
+    (("--keep-last", str(2**63)), "--keep-last must be at most 1000000000"),
+    (("--days", "1e300"), "--days must be at most 36525, got '1e300'"),
+    (("--days", "3000000"), "--days must be at most 36525"),
+    (("--days", "1", "--batch-size", "10" * 10), "--batch-size must be at most 10000"),
 ])
 def test_command_bad_options_are_clear_errors(history, args, message):
     with pytest.raises(CommandError, match=message.replace("(", r"\(")):
         prune_cmd(*args)
     assert len(remaining()) == 8
+
+
+def test_the_largest_accepted_options_work_on_the_database(history):
+    out = prune_cmd("--keep-last", "1000000000", "--days", "36525", "--batch-size", "10000")
+    assert out.startswith("Deleted 0 runs and 0 events")
+    assert "Deleted 8 runs" in prune_cmd("--keep-last", "0", "--batch-size", "10000")
 
 
 def test_command_keyword_options_are_checked_too(history):
@@ -165,6 +192,7 @@ def test_command_keyword_options_are_checked_too(history):
 
 @pytest.mark.parametrize("settings,message", [
     ({"RETENTION_KEEP_LAST": -1}, r"TASKS_LIVE\['RETENTION_KEEP_LAST'\] must be a whole number"),
+    ({"RETENTION_DAYS": 10**9}, r"TASKS_LIVE\['RETENTION_DAYS'\] must be at most 36525"),
     ({"RETENTION_DAYS": "30"}, r"TASKS_LIVE\['RETENTION_DAYS'\] must be a number"),
 ])
 def test_command_bad_settings_are_clear_errors(history, settings, message):

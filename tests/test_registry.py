@@ -137,3 +137,28 @@ def test_a_handler_must_take_ctx(scratch):
         @task("kw-only")
         def kw_only(*, ctx):
             pass
+
+
+@pytest.mark.parametrize("check", [42, "yes", lambda: None and None])
+def test_should_execute_must_be_a_plain_callable(scratch, check):
+    async def later(ctx):
+        return True
+
+    bad = later if callable(check) else check
+    with pytest.raises(TypeError, match=r"should_execute must be a plain \(not async\) callable"):
+        task("checked", should_execute=bad)
+    assert "checked" not in scratch
+
+
+def test_should_execute_is_kept_and_named_in_the_options(scratch):
+    def wanted(ctx):
+        return True
+
+    @task("checked", should_execute=wanted)
+    def checked(ctx):
+        return 1
+
+    spec = scratch.get("checked")
+    assert spec.should_execute is wanted
+    assert spec.options()["should_execute"].endswith("wanted")
+    assert "should_execute" not in scratch.get("checked").__class__(name="plain", func=checked).options()

@@ -190,11 +190,52 @@ def test_kwargs_that_no_longer_fit_the_handler_skip_the_fire_time(every_minute, 
 # ---------------------------------------------------------------- validation
 
 
+def _deep(depth: int) -> list:
+    value: list = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("cron", ["@hourly", "@daily", "0 3 * * mon-fri", "*/5 * * * *"])
+def test_create_schedule_accepts_five_fields_and_aliases(cron):
+    assert schedules.create_schedule("s", "noop", cron).cron == cron
+
+
+def test_a_task_with_a_six_field_cron_is_refused_at_import():
+    from django_tasks_live import task
+
+    with pytest.raises(ValidationError, match="it has 6 fields"):
+        task("every-second", cron="* * * * * *")
+
+
+@pytest.mark.django_db
+def test_a_six_field_row_written_around_validation_never_fires(every_minute, caplog):
+    Schedule.objects.create(name="seconds", task_name="noop", cron="* * * * * *", next_run_at=T0)
+    with caplog.at_level(logging.WARNING, logger="django_tasks_live"):
+        runs = schedules.tick(at(0, 1))
+    assert [r.schedule_id for r in runs] == [every_minute.pk]
+    assert "'* * * * * *' is not a valid cron expression: it has 6 fields" in caplog.text
+
+
 @pytest.mark.django_db
 @pytest.mark.parametrize("kwargs,field,message", [
     ({"cron": "every minute"}, "cron", "not a valid cron expression"),
     ({"cron": "* * * *"}, "cron", "not a valid cron expression"),
     ({"cron": "0 0 30 2 *"}, "cron", "never fires"),
+    ({"cron": "* * * * * *"}, "cron",
+     "'* * * * * *' is not a valid cron expression: it has 6 fields, a cron expression has "
+     "exactly five (minute hour day-of-month "
+     "month day-of-week; no seconds or years)"),
+    ({"cron": "0 0 * * * * 2030"}, "cron", "it has 7 fields"),
+    ({"cron": ""}, "cron", "cannot be blank"),
+    ({"queue": "no such queue"}, "queue", "queue must be 1-100 letters, digits or _.:@-"),
+    ({"queue": "elsewhere"}, "queue", "queue 'elsewhere' is not one of the queues in TASKS"),
+    ({"kwargs": {"n": _deep(100)}}, "kwargs",
+     "is nested more than 100 levels deep"),
+    ({"kwargs": {"n": "x\ud800"}}, "kwargs", "contains a lone surrogate"),
+    ({"kwargs": {"n": float("nan")}}, "kwargs", "JSON cannot represent"),
     ({"timezone": "Europe/Atlantis"}, "timezone", "not a known time zone"),
     ({"task_name": "nope"}, "task_name", "Unknown task 'nope'"),
     ({"task_name": "noopp"}, "task_name", "Did you mean 'noop'"),

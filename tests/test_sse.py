@@ -26,6 +26,7 @@ from django_tasks_live.sse import EventStreamConsumer, Stream
 from django_tasks_live.sse_query import BadStreamRequest, StreamQuery
 from tests.support.db import requires_postgres
 from tests.support.sse import Event, FrameParser
+from tests.support.users import grant, operator
 
 # ---------------------------------------------------------------- request parsing
 
@@ -51,6 +52,9 @@ def test_filters_accept_commas_and_repeated_parameters():
     (b"task=" + b"x" * 201, "longer than 200"),
     (b"task=" + b",".join(b"t%d" % i for i in range(51)), "Too many task values (51)"),
     (b"task=" + b"x" * 20_000, "Query string longer"),
+    (b"task=a%00b", "A task value contains a NUL character"),
+    (b"label=tenant:a%00", "A label value contains a NUL character"),
+    (b"status=running%00", "A status value contains a NUL character"),
 ])
 def test_bad_filters_are_refused_with_a_reason(qs, reason):
     with pytest.raises(BadStreamRequest, match=reason.replace("(", r"\(").replace(")", r"\)")):
@@ -59,7 +63,8 @@ def test_bad_filters_are_refused_with_a_reason(qs, reason):
 
 @pytest.mark.parametrize("raw, parsed", [
     ("12", 12), (" 12 ", 12), ("0", 0), ("abc", None), ("-1", None), ("1e3", None),
-    ("", None), (None, None), ("٣", None), (str(2**64), None),
+    ("", None), (None, None), ("٣", None), (str(2**64), None), (str(2**63 - 1), 2**63 - 1),
+    ("9" * 15_000, None), ("1" * 20, None), ("1\x00", None),
 ])
 def test_last_event_id_parsing(raw, parsed):
     assert sse_query.parse_event_id(raw) == parsed
@@ -74,11 +79,17 @@ def test_status_filter_still_delivers_status_changes_out_of_the_filtered_status(
     assert not query.matches("status", {"task": "other", "status": "running"})
 
 
-def test_default_authorization_staff_owner_anonymous():
-    staff = User(pk=1, username="s", is_staff=True)
-    user = User(pk=2, username="u")
-    assert authz.default_authorize(staff, {}) == Access()
-    assert authz.default_authorize(user, {}) == Access(owner_id=2)
+@pytest.mark.django_db
+def test_default_authorization_follows_the_view_permissions():
+    root = User(pk=1, username="s", is_superuser=True)
+    user = User.objects.create_user("u")
+    bare_staff = User.objects.create_user("staff", is_staff=True)
+    assert authz.default_authorize(root, {}) == Access()
+    assert authz.default_authorize(user, {}) == Access(owner_id=user.pk)
+    assert authz.default_authorize(bare_staff, {}) == Access(owner_id=bare_staff.pk)
+    for codename in ("view_run", "change_run"):
+        viewer = grant(User.objects.create_user(codename), codename)
+        assert authz.default_authorize(viewer, {}) == Access()
     assert authz.default_authorize(AnonymousUser(), {}) is None
     assert Access(owner_id=2).allows(2, {}) and not Access(owner_id=2).allows(3, {})
     assert not Access(labels={"tenant": "a"}).allows(None, {"labels": {"tenant": "b"}})
@@ -117,17 +128,26 @@ class FakeEvent:
         self.pk = pk
 
 
-def test_hub_holds_at_an_id_hole_until_it_fills_or_settles():
+def test_hub_holds_at_an_id_hole_until_it_fills_or_nothing_can_fill_it(monkeypatch):
+    writers = {"3/17"}  # a transaction writing events (PostgreSQL's pg_locks says which)
+    monkeypatch.setattr(store, "event_writers", lambda: frozenset(writers))
+
     async def scenario():
         hub = Hub()
-        hub._settle = 0.2
+        hub._ordered = False  # PostgreSQL: ids may commit out of order
         evs = [FakeEvent(i) for i in (11, 12, 14, 15)]
         assert [e.pk for e in hub._contiguous(10, evs)] == [11, 12]  # 13 not committed yet
         filled = [FakeEvent(i) for i in (13, 14, 15)]
         assert [e.pk for e in hub._contiguous(12, filled)] == [13, 14, 15]
         assert [e.pk for e in hub._contiguous(12, evs[2:])] == []  # a new hole at 13
-        await asyncio.sleep(0.25)  # never committed: rolled back, skip it
-        assert [e.pk for e in hub._contiguous(12, evs[2:])] == [14, 15]
+        writers.add("4/2")  # began after the hole was seen: its ids are all newer
+        hub._recheck_hole()
+        assert [e.pk for e in hub._contiguous(12, evs[2:])] == []  # 3/17 may still commit 13
+        writers.discard("3/17")  # it ended; the next read decides
+        hub._recheck_hole()
+        assert [e.pk for e in hub._contiguous(12, evs[2:])] == [14, 15]  # rolled back: skip
+        assert hub._hole is None
+        hub._reader.shutdown()
 
     asyncio.run(scenario())
 
@@ -301,7 +321,7 @@ pytestmark_db = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture
 def staff(db):
-    return User.objects.create_user("staff", is_staff=True)
+    return operator()
 
 
 @pytestmark_db
@@ -362,6 +382,7 @@ def test_reconnect_with_last_event_id_replays_exactly_the_missed_events(staff):
 @pytestmark_db
 @pytest.mark.parametrize("last_event_id, reason", [
     ("not-a-number", "Malformed Last-Event-ID"),
+    ("9" * 15_000, "Malformed Last-Event-ID '" + "9" * 40),  # int() would raise
     ("999999", "newer than any stored event"),
     ("1", "older than the retained events"),
 ])
@@ -387,6 +408,36 @@ def test_unusable_last_event_id_gets_a_reset_and_a_fresh_snapshot(staff, last_ev
     assert client.events[2].id <= store.latest_event_id()
     if connection.vendor == "sqlite":
         assert client.events[2].id == store.latest_event_id()
+
+
+@pytestmark_db
+def test_a_snapshot_of_an_empty_event_log_can_be_resumed_from(staff):
+    """Every event pruned (retention, or a flushed database): the snapshot carries the last
+    id handed out, not 0, so a client back with it replays what followed instead of being
+    refused as older than the oldest event (a reset, and a snapshot of only 100 runs)."""
+    for _ in range(3):
+        runner.execute(tasks_live.start("add", a=1, b=1).pk)
+    handed_out = store.latest_event_id()
+    RunEvent.objects.all().delete()
+
+    async def scenario():
+        first = Client(user=staff)
+        await first.start()
+        await first.read_until(has("snapshot"))
+        await first.close()
+        run = await asyncio.to_thread(lambda: tasks_live.start("add", a=2, b=2))
+        await execute_in_thread(run.pk)
+        back = Client(user=staff, last_event_id=str(first.events[1].id))
+        await back.start()
+        await back.read_until(finished(run.pk))
+        await back.close()
+        return first, back, run
+
+    first, back, run = asyncio.run(scenario())
+    assert first.events[1].event == "snapshot" and first.events[1].id == handed_out
+    assert [e.event for e in back.events] == ["retry"] + ["run"] * len(back.runs())
+    assert [e.id for e in back.runs()] == list(
+        RunEvent.objects.filter(run=run.pk).order_by("id").values_list("id", flat=True))
 
 
 @pytestmark_db
@@ -429,8 +480,8 @@ def test_bad_requests_get_400_or_405_with_a_plain_text_reason(staff):
         return start["status"], client.body.decode()
 
     assert asyncio.run(ask(query="status=nope")) == (
-        400, "Unknown status 'nope'; use one of pending, running, retrying, cancel_requested, "
-        "completed, failed, canceled, timed_out.")
+        400, "Unknown status 'nope'; use one of pending, claimed, running, retrying, cancel_requested, "
+        "completed, failed, canceled, timed_out, skipped.")
     status, body = asyncio.run(ask(method="POST"))
     assert status == 405 and "only answers GET" in body
 
@@ -684,3 +735,44 @@ def test_asgi_helpers_route_the_stream_path_and_leave_the_rest_to_django():
 
     # Anonymous: the stream answers 403; everything else is Django's.
     assert asyncio.run(scenario()) == [403, 403, 299, 403, 299]
+
+
+def tenant_access(user: Any, scope: dict[str, Any]) -> Access | None:
+    """The README's label-based authorization: staff see every run, a user the runs of
+    their tenant (here the user name stands for the tenant)."""
+    if not user.is_authenticated:
+        return None
+    return Access() if user.is_staff else Access(labels={"tenant": user.username})
+
+
+@pytestmark_db
+@override_settings(TASKS_LIVE={"SSE_AUTHORIZE": "tests.test_sse.tenant_access",
+                               "SSE_POLL_INTERVAL": 0.1})
+def test_label_filters_and_label_based_authorization(staff):
+    acme = User.objects.create_user("acme")
+    eu, us, globex = {"tenant": "acme", "region": "eu"}, {"tenant": "acme", "region": "us"}, {
+        "tenant": "globex"}
+
+    def start_each():
+        return [tasks_live.using(labels=labels).start("add", a=1, b=1) for labels in (eu, us, globex)]
+
+    def names(states):
+        return {"/".join(sorted(state["labels"].values())) for state in states}
+
+    start_each()  # for the snapshots
+
+    async def watch(user, query):
+        client = Client(query, user)
+        assert (await client.start())["status"] == 200
+        await client.read_until(has("snapshot"))
+        for run in await asyncio.to_thread(start_each):  # live events
+            await execute_in_thread(run.pk)
+        await client.collect(0.5)  # several poll intervals: anything visible has arrived
+        await client.close()
+        return names(client.events[1].data["runs"]), names(e.run for e in client.runs())
+
+    assert asyncio.run(watch(acme, "")) == ({"acme/eu", "acme/us"}, {"acme/eu", "acme/us"})
+    assert asyncio.run(watch(acme, "label=region:eu")) == ({"acme/eu"}, {"acme/eu"})
+    # Asking for another tenant's runs shows nothing, not an error that confirms them.
+    assert asyncio.run(watch(acme, "label=tenant:globex")) == (set(), set())
+    assert asyncio.run(watch(staff, "label=tenant:globex")) == ({"globex"}, {"globex"})

@@ -70,5 +70,15 @@ def test_illegal_transition_names_the_run_and_both_statuses():
 
 def test_a_retry_of_a_run_whose_cancel_was_requested_ends_canceled():
     assert outcome_status(Status.CANCEL_REQUESTED, Status.RETRYING) == Status.CANCELED
+    assert outcome_status(Status.CANCEL_REQUESTED, Status.COMPLETED) == Status.CANCELED
+    assert outcome_status(Status.RUNNING, Status.COMPLETED) == Status.COMPLETED
+    assert not can_move(Status.CANCEL_REQUESTED, Status.COMPLETED)
     assert outcome_status(Status.RUNNING, Status.RETRYING) == Status.RETRYING
     assert outcome_status(Status.CANCEL_REQUESTED, Status.FAILED) == Status.FAILED
+
+
+def test_skipped_is_terminal_and_decided_only_by_the_worker_holding_the_run():
+    assert Status.SKIPPED in TERMINAL
+    assert {s for s in Status if can_move(s, Status.SKIPPED)} == {Status.CLAIMED, Status.RUNNING}
+    # A cancel asked for before the verdict wins: the run ends canceled, not skipped.
+    assert outcome_status(Status.CANCEL_REQUESTED, Status.SKIPPED) == Status.CANCELED

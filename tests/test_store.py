@@ -91,7 +91,7 @@ def test_transition_of_a_missing_run_is_a_clear_error():
 
 def test_events_are_pushed_only_after_commit(monkeypatch, django_capture_on_commit_callbacks):
     pushed = []
-    monkeypatch.setattr(events.pusher, "push", pushed.extend)
+    monkeypatch.setattr(events.pusher, "push", lambda batch, hold=0.0: pushed.extend(batch))
     with django_capture_on_commit_callbacks(execute=True):
         run = new()
         assert pushed == []  # not before the transaction commits
@@ -148,7 +148,7 @@ def test_a_claim_reads_a_claim_index_in_order_instead_of_sorting_the_backlog(que
     assert "Sort" not in plan and "TEMP B-TREE" not in plan, plan
 
 
-def test_claim_takes_a_batch_marks_it_running_and_counts_the_attempt():
+def test_claim_takes_a_batch_marks_it_claimed_and_counts_the_attempt():
     runs = [new() for _ in range(5)]
     first = store.claim("w1", None, limit=3)
     second = store.claim("w2", None, limit=3)
@@ -156,9 +156,78 @@ def test_claim_takes_a_batch_marks_it_running_and_counts_the_attempt():
     assert [r.pk for r in second] == [r.pk for r in runs[3:]]
     assert store.claim("w3", None, limit=3) == []
     for run in first:
-        assert (run.status, run.worker_id, run.attempt) == (Status.RUNNING, "w1", 1)
-        assert run.started_at is not None
-        assert kinds(run)[-1] == ("status", "running")
+        # Claimed ahead: no handler began yet, so it is not running (and not started).
+        assert (run.status, run.worker_id, run.attempt) == (Status.CLAIMED, "w1", 1)
+        assert run.started_at is None
+        assert kinds(run)[-1] == ("status", "claimed")
+
+
+def test_begin_runs_records_running_only_while_the_worker_holds_the_claim():
+    held, lost = new(), new()
+    store.claim("w1", None, limit=2)
+    store.recover_lost_runs(30, worker_id="w1")  # both rescued...
+    store.claim("w1", None, limit=1)  # ...and only the first claimed again
+    began = timezone.now() - dt.timedelta(seconds=1)
+    assert store.begin_runs("w1", {held.pk: began, lost.pk: began}) == [held.pk]
+    run = Run.objects.get(pk=held.pk)
+    assert (run.status, run.started_at) == (Status.RUNNING, began)
+    assert kinds(run)[-1] == ("status", "running")
+    assert Run.objects.get(pk=lost.pk).status == Status.PENDING
+    assert store.begin_runs("w2", {held.pk: began}) == []  # not w2's
+
+
+def test_a_lost_worker_costs_a_claimed_run_no_attempt():
+    run = new()  # retries=0: one attempt only
+    store.claim("w1", None, limit=1)
+    [rescued] = store.recover_lost_runs(30, worker_id="w1")
+    assert rescued.pk == run.pk
+    assert (rescued.status, rescued.attempt, rescued.claims_lost) == (Status.PENDING, 0, 1)
+    assert rescued.errors[-1]["type"] == "WorkerLost" and rescued.errors[-1]["counted"] is False
+    assert store.claim("w2", None, limit=1)[0].attempt == 1  # its one attempt is still there
+
+
+def test_a_lost_worker_costs_a_begun_run_its_attempt():
+    run = new()
+    store.claim("w1", None, limit=1)
+    store.begin_runs("w1", {run.pk: timezone.now()})
+    [rescued] = store.recover_lost_runs(30, worker_id="w1")
+    assert (rescued.status, rescued.error, rescued.attempt) == (Status.FAILED, "worker lost", 1)
+
+
+def test_a_run_lost_with_its_worker_again_and_again_is_charged_in_the_end(settings):
+    settings.TASKS_LIVE = {"LOST_CLAIMS_LIMIT": 2}
+    run = new()
+    for _ in range(2):
+        store.claim("w1", None, limit=1)
+        assert store.recover_lost_runs(30, worker_id="w1")[0].status == Status.PENDING
+    store.claim("w1", None, limit=1)
+    [rescued] = store.recover_lost_runs(30, worker_id="w1")
+    assert rescued.status == Status.FAILED and rescued.attempt == 1
+    assert rescued.error == "worker lost 3 times while holding this run"
+    assert Run.objects.get(pk=run.pk).claims_lost == 2
+
+
+def test_requeue_gives_claims_back_and_cancels_those_whose_cancel_was_requested():
+    waiting, canceled, elsewhere = new(), new(), new()
+    store.claim("w1", None, limit=2)
+    store.claim("w2", None, limit=1)
+    store.transition(canceled.pk, Status.CANCEL_REQUESTED)  # as api.cancel() asks a claim
+    ids = [waiting.pk, canceled.pk, elsewhere.pk]
+    assert store.requeue(ids, worker_id="w1") == [waiting.pk, canceled.pk]
+    got = Run.objects.in_bulk(ids)
+    assert (got[waiting.pk].status, got[waiting.pk].attempt) == (Status.PENDING, 0)
+    assert got[canceled.pk].status == Status.CANCELED
+    assert got[canceled.pk].progress_message == "canceled before it started"
+    assert got[elsewhere.pk].status == Status.CLAIMED  # w2's, untouched
+
+
+def test_progress_from_a_claimed_run_records_that_its_handler_began():
+    run = new()
+    store.claim("w1", None, limit=1)
+    assert store.save_progress(run.pk, progress_message="hi") == Status.RUNNING
+    got = Run.objects.get(pk=run.pk)
+    assert got.status == Status.RUNNING and got.started_at is not None
+    assert kinds(run)[-2:] == [("status", "running"), ("progress", "running")]
 
 
 def test_claim_skips_runs_not_yet_due_and_other_queues():
@@ -339,17 +408,28 @@ def test_settle_ignores_outcomes_of_runs_that_are_no_longer_this_workers(copy):
     finished, _ = store.settle([outcome(run, Status.COMPLETED, {}, copy),
                                 outcome(other, Status.COMPLETED, {}, copy)], "w1", None, limit=0)
     assert finished == [] and Run.objects.get(pk=run.pk).status == Status.FAILED
-    assert Run.objects.get(pk=other.pk).status == Status.RUNNING
+    assert Run.objects.get(pk=other.pk).status == Status.CLAIMED
 
 
 @with_and_without_claimed_copy
-def test_an_outcome_after_a_cancel_request_is_still_written(copy):
-    run = running("w1")
-    store.transition(run.pk, Status.CANCEL_REQUESTED)  # the handler finished anyway
-    finished, _ = store.settle([outcome(run, Status.COMPLETED, {"result": 3}, copy)],
+def test_a_completed_outcome_after_a_cancel_request_ends_canceled_with_its_result(copy):
+    run, other = running("w1"), running("w1")
+    store.transition(run.pk, Status.CANCEL_REQUESTED)  # the handler returned anyway
+    finished, _ = store.settle([outcome(run, Status.COMPLETED, {"result": 3}, copy),
+                                outcome(other, Status.COMPLETED, {"result": 4}, copy)],
                                "w1", None, limit=0)
-    assert [(r.status, r.result) for r in finished] == [(Status.COMPLETED, 3)]
-    assert kinds(run)[-1] == ("status", "completed")
+    assert sorted((r.pk, r.status, r.result) for r in finished) == [
+        (run.pk, Status.CANCELED, 3), (other.pk, Status.COMPLETED, 4)]
+    assert (Run.objects.get(pk=run.pk).status, Run.objects.get(pk=run.pk).result) == (Status.CANCELED, 3)
+    assert kinds(run)[-1] == ("status", "canceled")
+    assert Run.objects.get(pk=other.pk).status == Status.COMPLETED
+
+
+def test_a_transition_to_completed_after_a_cancel_request_ends_canceled():
+    run = running("w1")
+    store.transition(run.pk, Status.CANCEL_REQUESTED)
+    assert store.transition(run.pk, Status.COMPLETED, result=[1]).status == Status.CANCELED
+    assert Run.objects.get(pk=run.pk).result == [1]
 
 
 @with_and_without_claimed_copy

@@ -62,7 +62,7 @@ def test_concurrent_claims_never_share_a_run():
     assert sum(1 for ids in claimed.values() if ids) > 1  # the workers really overlapped
     owners = dict(Run.objects.values_list("id", "worker_id"))
     assert all(owners[pk] == w for w, ids in claimed.items() for pk in ids)
-    assert set(Run.objects.values_list("status", flat=True)) == {Status.RUNNING}
+    assert set(Run.objects.values_list("status", flat=True)) == {Status.CLAIMED}
 
 
 def test_a_claim_skips_rows_locked_by_another_transaction_instead_of_waiting():
@@ -123,3 +123,61 @@ def test_new_runs_notify_listening_workers_once_per_queue_at_commit():
     finally:
         listener.close()
     assert sorted(notified) == ["a", "b"]
+
+
+# ---------------------------------------------------------------- unique starts
+
+
+def starts_from_threads(start, threads=8, each=25) -> list[tuple[int, bool]]:
+    """``start(thread, i)`` from several connections at once; every (run id, created)."""
+    results: list[tuple[int, bool]] = []
+    lock = threading.Lock()
+
+    def loop(thread):
+        for i in range(each):
+            run, created = start(thread, i)
+            with lock:
+                results.append((run.pk, created))
+
+    run_concurrently(loop, list(range(threads)))
+    assert len(results) == threads * each
+    return results
+
+
+def test_concurrent_unique_starts_create_one_run():
+    import django_tasks_live as tasks_live
+
+    results = starts_from_threads(lambda t, i: tasks_live.start_or_get("unique-sync", account=1))
+    assert {pk for pk, _ in results} == {results[0][0]}
+    assert [created for _, created in results].count(True) == 1
+    assert Run.objects.filter(task_name="unique-sync").count() == 1
+
+
+def test_concurrent_debounced_starts_collapse_into_one_run():
+    import django_tasks_live as tasks_live
+
+    results = starts_from_threads(
+        lambda t, i: tasks_live.start_or_get("debounced", value=t * 100 + i))
+    assert len({pk for pk, _ in results}) == 1
+    assert [created for _, created in results].count(True) == 1
+    [run] = Run.objects.filter(task_name="debounced")
+    # Some thread's last start won; nothing was lost to a half-written row.
+    assert run.kwargs["value"] in {t * 100 + 24 for t in range(8)}
+
+
+def test_a_run_once_task_succeeds_once_under_concurrent_starts_and_executions(_calls_dir):
+    import django_tasks_live as tasks_live
+    from django_tasks_live import runner
+    from tests.conftest import read_calls
+
+    def start_and_run(thread, i):
+        run, created = tasks_live.start_or_get("once", account=5)
+        claimed = store.claim_run(run.pk, f"w{thread}")
+        if claimed is not None:
+            runner.execute(claimed.pk, f"w{thread}", run=claimed)
+        return run, created
+
+    starts_from_threads(start_and_run, threads=6, each=20)
+    assert list(Run.objects.filter(task_name="once").values_list("status", flat=True)) == [
+        Status.COMPLETED]
+    assert read_calls(_calls_dir, "once") == ["5"]

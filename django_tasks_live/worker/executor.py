@@ -34,6 +34,7 @@ def main(
     queues: Sequence[str] | None,
     stop_flag: Any,
     claims_left: Any,
+    gate: Any,
 ) -> None:
     _die_with_parent()
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
@@ -53,7 +54,8 @@ def main(
     from .runloop import RunLoop
 
     events.prepare()
-    loop = RunLoop(conn, worker_id, queues, stop_flag, claims_left, router.db_for_write(Run))
+    loop = RunLoop(conn, worker_id, queues, stop_flag, claims_left, router.db_for_write(Run),
+                   gate)
     loop.send(("ready", os.getpid()))
     loop.run()
     events.pusher.flush()

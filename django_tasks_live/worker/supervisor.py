@@ -11,6 +11,7 @@ PostgreSQL LISTEN socket, so a finished run or a new one wakes it at once.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import multiprocessing
 import os
@@ -23,14 +24,15 @@ from collections.abc import Callable, Sequence
 from multiprocessing.connection import wait
 from typing import Any, TextIO
 
-from django.db import DatabaseError, DataError, IntegrityError, close_old_connections, router
+from django.db import DatabaseError, close_old_connections, router
+from django.utils import timezone
 
-from .. import conf, store
+from .. import conf, pauses, retention, store
 from ..models import Run
 from ..registry import registry
 from ..states import Status
 from .pool import Slot
-from .runloop import write_one_by_one
+from .runloop import REFUSED, write_one_by_one
 from .wakeup import Listener
 
 logger = logging.getLogger(__name__)
@@ -75,11 +77,21 @@ class Supervisor:
         self.stop_flag = spawn.Value("b", 0, lock=False)
         # --max-tasks, shared by the executors' claims (-1: no limit).
         self.claims_left = spawn.Value("q", -1 if max_tasks is None else max_tasks)
+        self._drain_deadline: float | None = None
         self._next_heartbeat = 0.0
+        self._next_cancel_poll = 0.0
         self._next_tick = 0.0
         self._next_poll = 0.0
         self._next_read = 0.0
+        # The paused tasks and queues as last read; executors get every change.
+        self.paused = pauses.NOTHING
+        self._next_pause_read = 0.0
+        self._next_limits_sweep = 0.0
         self._db_backoff = 0.0
+        # When this worker's heartbeat last answered, and before when it judges no other
+        # worker lost (see _may_rescue).
+        self._heard_at: float | None = None
+        self._rescue_after = 0.0
         # Claims (run id, updated_at) of this worker no executor accounted for at the
         # last check.
         self._unaccounted: set[tuple[int, Any]] = set()
@@ -99,6 +111,8 @@ class Supervisor:
             self._wake_idle(None)  # all at once: no run starts before every executor is up
             self._say(f"tasks_worker ready: id={self.id} concurrency={self.concurrency} "
                       f"queues={','.join(self.queues or ['*'])}")
+            if self.paused:
+                self._say(f"paused: {self.paused.describe()}")
             while not self._finished():
                 self._iterate()
         finally:
@@ -115,19 +129,34 @@ class Supervisor:
         store.register_worker(self.id, socket.gethostname(), os.getpid(), self.queues or [],
                               self.concurrency)
         store.sync_tasks(registry)
+        self.paused = pauses.read()
 
     def _wait_ready(self) -> None:
+        """Wait for every executor to start, heartbeating meanwhile: starting executors
+        on a busy machine can outlast HEARTBEAT_TIMEOUT, and runs claimed right after
+        must not belong to a worker that looks lost."""
         deadline = time.monotonic() + 60
-        while not all(slot.ready for slot in self.slots):
+        interval = conf.get("HEARTBEAT_INTERVAL")
+        while True:
+            store.heartbeat(self.id, 0)
+            if all(slot.ready for slot in self.slots):
+                return
             if time.monotonic() > deadline or self.exit_now:
                 raise RuntimeError("Executor processes did not start in 60 s.")
-            self._sleep_handling_messages(1.0)
+            until = min(time.monotonic() + interval, deadline)
+            while time.monotonic() < until and not all(slot.ready for slot in self.slots):
+                self._sleep_handling_messages(min(1.0, interval))
 
     def _finished(self) -> bool:
         if self.exit_now:
             return True
         if not (self.draining or self._limit_reached()):
             return False
+        if self._drain_deadline is not None and time.monotonic() >= self._drain_deadline:
+            # Runs still executing are stopped and put back to pending, their attempts
+            # not used up (_shutdown): a deploy never waits on a long run for long.
+            self._say("drain bound reached: stopping the runs still executing")
+            return True
         return not self.outcomes and all(slot.empty for slot in self.slots)
 
     def _limit_reached(self) -> bool:
@@ -167,9 +196,13 @@ class Supervisor:
         signal.signal(signal.SIGINT, handle)
 
     def _drain(self) -> None:
-        """Stop claiming; executors finish the run they are in and give back the rest."""
+        """Stop claiming; executors finish the run they are in (for at most DRAIN_TIMEOUT)
+        and give back the rest."""
         self.draining = True
         self.stop_flag.value = 1
+        bound = conf.get("DRAIN_TIMEOUT")
+        if bound is not None:
+            self._drain_deadline = time.monotonic() + bound
 
     # -- the loop ---------------------------------------------------------------
 
@@ -177,13 +210,19 @@ class Supervisor:
         try:
             self._housekeeping()
             self._write_outcomes()
+            self._watch_long_runs()
             self._enforce_deadlines()
             if self.burst and not self.draining and self._idle_and_empty():
                 self._drain()
                 return
+            if self._db_backoff:  # back from an outage: executors need not wait out theirs
+                self._wake_idle(None)
             self._db_backoff = 0.0
         except DatabaseError as exc:
-            self._db_backoff = min(max(self._db_backoff * 2, 0.5), 10.0)
+            # Capped at the heartbeat interval: one query per worker, and this worker is
+            # back in the heartbeat table within an interval of the database's return.
+            self._db_backoff = min(max(self._db_backoff * 2, 0.5),
+                                   conf.get("HEARTBEAT_INTERVAL"))
             logger.warning("Database unavailable (%s); retrying in %.1fs", exc, self._db_backoff)
             close_old_connections()
             self.listener.close()
@@ -196,25 +235,71 @@ class Supervisor:
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + conf.get("HEARTBEAT_INTERVAL")
             store.heartbeat(self.id, self.processed)
-            self._kill_canceled()
-            for run in store.recover_lost_runs(conf.get("HEARTBEAT_TIMEOUT")):
-                logger.warning("Recovered run %s of lost worker (now %s)", run.pk, run.status)
-                self._wake_idle()
+            if self._may_rescue():
+                for run in store.recover_lost_runs(conf.get("HEARTBEAT_TIMEOUT")):
+                    logger.warning("Recovered run %s of lost worker (now %s)", run.pk,
+                                   run.status)
+                    self._wake_idle()
             self._requeue_unaccounted()
+            retention.tick(self.id)  # returns at once; one worker of all prunes, in a thread
             if not self.listener.active:
                 self.listener.open()
+        if now >= self._next_cancel_poll and not all(slot.empty for slot in self.slots):
+            self._next_cancel_poll = now + conf.get("CANCEL_POLL_INTERVAL")
+            self._handle_cancels()
         if now >= self._next_tick and not self.draining:
             self._next_tick = now + 1.0
             from .. import schedules
 
             if schedules.tick():
                 self._wake_idle()
+        if now >= self._next_pause_read:
+            self._next_pause_read = now + conf.get("PAUSE_REFRESH_INTERVAL")
+            self._refresh_pauses()
+        if now >= self._next_limits_sweep and not self.draining:
+            self._next_limits_sweep = now + conf.get("LIMITS_SWEEP_INTERVAL")
+            if store.sweep_limits():  # limited runs no transaction admitted (see admission)
+                self._wake_idle()
         if now >= self._next_poll and not self.draining:
             # Runs that became due with no notification (SQLite, run_after, requeued
             # runs, LISTEN down): one cheap read for the worker, not one per executor.
             self._next_poll = now + self._poll_interval()
-            if any(slot.idle for slot in self.slots) and store.has_due(self.queues):
+            if any(slot.idle for slot in self.slots) and store.has_due(self.queues, self.paused):
                 self._wake_idle()
+
+    def _refresh_pauses(self) -> None:
+        """Re-read the pause set; executors are told of a change (before any wake-up,
+        on the same pipe), and a resume wakes every idle one: its runs start at once."""
+        paused = pauses.read()
+        if paused == self.paused:
+            return
+        resumed = paused.resumed_since(self.paused)
+        self.paused = paused
+        self._say(f"paused: {paused.describe()}")
+        for slot in self.slots:
+            slot.tell(("paused", paused))
+        if resumed:
+            self._wake_idle(None)
+
+    def _may_rescue(self) -> bool:
+        """May this worker judge other workers lost by their heartbeats now? (Asked
+        right after its own heartbeat was written.)
+
+        A worker that could not reach the database for a while (an outage, a lock held
+        on SQLite, a starved process) cannot tell a dead worker from one that was cut
+        off too: every heartbeat went stale at once, and the others may not be back
+        yet. After such a gap in its own heartbeats it first gives them one
+        HEARTBEAT_TIMEOUT to write theirs, so a live worker's runs are never rescued
+        (and run twice) because of an outage."""
+        now = time.monotonic()
+        if self._heard_at is not None and now - self._heard_at > 2 * conf.get(
+                "HEARTBEAT_INTERVAL"):
+            self._rescue_after = now + conf.get("HEARTBEAT_TIMEOUT")
+            logger.warning("No heartbeat for %.1fs (database unreachable or busy); other "
+                           "workers get %.0fs to write theirs before any is taken for lost",
+                           now - self._heard_at, conf.get("HEARTBEAT_TIMEOUT"))
+        self._heard_at = now
+        return now >= self._rescue_after
 
     def _poll_interval(self) -> float:
         return conf.get("PG_POLL_INTERVAL" if self.listener.active else "POLL_INTERVAL")
@@ -239,7 +324,7 @@ class Supervisor:
         outcomes, self.outcomes = self.outcomes, []
         try:
             store.settle(outcomes, self.id, self.queues, 0)
-        except (DataError, IntegrityError):  # refused, not an outage: see write_one_by_one
+        except REFUSED:  # refused, not an outage: see write_one_by_one
             write_one_by_one(outcomes, self.id)
         except DatabaseError:
             self.outcomes = outcomes + self.outcomes  # keep them for the next round
@@ -269,14 +354,24 @@ class Supervisor:
     def _idle_and_empty(self) -> bool:
         if self.outcomes or not all(slot.empty and slot.starved for slot in self.slots):
             return False
-        return not store.has_due(self.queues)
+        return not store.has_due(self.queues, self.paused)
 
     def _wait_timeout(self) -> float:
         now = time.monotonic()
-        timeout = min(self._next_heartbeat, self._next_tick, self._next_poll) - now
-        deadlines = [s.current.deadline for s in self.slots if s.current and s.current.deadline]
-        if deadlines:
-            timeout = min(timeout, min(deadlines) - now)
+        wake_at = [self._next_heartbeat, self._next_tick, self._next_poll]
+        if self._drain_deadline is not None:
+            wake_at.append(self._drain_deadline)
+        if not all(slot.empty for slot in self.slots):
+            wake_at.append(self._next_cancel_poll)
+        window = conf.get("SHORT_RUN_WINDOW")
+        for slot in self.slots:
+            assignment, began = slot.executing()
+            if assignment is not None and not assignment.escalated:
+                wake_at.append(began + window)
+            deadline = slot.deadline()
+            if deadline is not None:
+                wake_at.append(deadline)
+        timeout = min(wake_at) - now
         if self.burst:
             timeout = min(timeout, conf.get("POLL_INTERVAL"))
         return max(0.0, timeout)
@@ -307,10 +402,15 @@ class Supervisor:
                 # runs no executor accounts for are requeued by _requeue_unaccounted().
                 logger.warning("Database unavailable while handling executors (%s)", exc)
                 close_old_connections()
+            except Exception:  # one bad report must not take the whole worker down
+                logger.exception("Could not handle what an executor reported")
 
     def _on_ready(self, obj: Any) -> None:
         if obj is self.listener:
             notifications = self.listener.drain()
+            if self.listener.pauses_changed:
+                self.listener.pauses_changed = False
+                self._next_pause_read = 0.0  # re-read on this iteration's housekeeping
             if notifications:
                 self._wake_idle(notifications)
             return
@@ -355,6 +455,8 @@ class Supervisor:
             slot.requeued(message[1])
         elif kind == "ready":
             slot.ready = True
+            if self.paused:  # a new executor starts with nothing paused
+                slot.tell(("paused", self.paused))
             if self.serving and not self.draining:  # replaces one that died: put it to work
                 slot.wake()
 
@@ -380,27 +482,60 @@ class Supervisor:
             store.requeue(waiting)
             self._wake_idle()
 
-    def _enforce_deadlines(self) -> None:
+    def _watch_long_runs(self) -> None:
+        """A run that outlives SHORT_RUN_WINDOW: its executor's finished outcomes are
+        written now (a kill must not lose them), the run is recorded as running (its
+        handler began: losing the worker now costs an attempt), and the runs claimed
+        behind it go back to pending for idle executors of any worker."""
         now = time.monotonic()
+        window = conf.get("SHORT_RUN_WINDOW")
         for slot in self.slots:
-            assignment = slot.current
-            if assignment and assignment.deadline is not None and now >= assignment.deadline:
-                self._kill(slot, Status.TIMED_OUT, "TaskTimeout",
-                           "time limit exceeded; the handler did not stop and was killed")
+            assignment, began = slot.executing()
+            if assignment is None or assignment.escalated or now - began < window:
+                continue
+            self._read_all(slot)  # it may have ended meanwhile
+            if slot.executing()[0] is not assignment:
+                continue
+            self.outcomes += slot.take_unsettled()
+            self._write_outcomes()
+            wall = timezone.now() - dt.timedelta(seconds=now - began)
+            store.begin_runs(self.id, {assignment.run_id: wall})
+            assignment.escalated = True
+            waiting = slot.withdraw()
+            if waiting:
+                store.requeue(waiting, worker_id=self.id)
+                self._wake_idle(len(waiting))
 
-    def _kill_canceled(self) -> None:
+    def _handle_cancels(self) -> None:
+        """Cancel requests of this worker's runs: a run not begun yet is taken back and
+        canceled without running its handler; an executing one is killed KILL_GRACE after
+        the request unless it stops by itself."""
         requested = store.cancel_requested(self.id)
         if not requested:
             return
         grace = conf.get("KILL_GRACE")
         for slot in self.slots:
+            self._read_all(slot)
+            for run_id in slot.withdraw(set(requested)):
+                store.cancel_unstarted(run_id, self.id)
             assignment = slot.current
-            if assignment is None or assignment.run_id not in requested:
+            if assignment is not None and assignment.run_id in requested:
+                asked = requested[assignment.run_id] or timezone.now()
+                waited = (timezone.now() - asked).total_seconds()
+                assignment.kill_at = time.monotonic() + max(0.0, grace - waited)
+
+    def _enforce_deadlines(self) -> None:
+        now = time.monotonic()
+        for slot in self.slots:
+            assignment, deadline = slot.current, slot.deadline()
+            if assignment is None or deadline is None or now < deadline:
                 continue
-            asked = requested[assignment.run_id]
-            if asked is not None and time.time() - asked.timestamp() >= grace:
+            if assignment.kill_at is not None and now >= assignment.kill_at:
                 self._kill(slot, Status.CANCELED, "Canceled",
                            "canceled; the handler did not stop and was killed")
+            else:
+                self._kill(slot, Status.TIMED_OUT, "TaskTimeout",
+                           "time limit exceeded; the handler did not stop and was killed")
 
     def _kill(self, slot: Slot, target: Status, error_type: str, message: str) -> None:
         """Kill the executor of the run at the head of ``slot``, which ends as ``target``."""

@@ -5,5 +5,4 @@ from . import views
 app_name = "demo"
 urlpatterns = [
     path("", views.home, name="home"),
-    path("start/", views.start, name="start"),
 ]

@@ -53,17 +53,21 @@ def test_demo_serves_pages_and_runs_tasks_in_process(tmp_path):
         with httpx.Client(base_url=base, timeout=10) as client:
             anonymous = client.get("/")
             assert anonymous.status_code == 200 and "log in" in anonymous.text
+            # Plain daphne with DEBUG: tasks_live_application() serves the static files.
+            script = client.get("/static/django_tasks_live/tasks_live.js")
+            assert script.status_code == 200 and "javascript" in script.headers["content-type"]
             log_in(client)
             home = client.get("/")
             assert home.status_code == 200, home.text[:2000]
             assert "demo.import" in home.text
 
             headers = {"X-CSRFToken": client.cookies["csrftoken"], "Referer": base + "/"}
-            bad = client.post("/start/", data={"task": "nope"}, headers=headers)
-            assert bad.status_code == 400 and "Unknown demo task 'nope'" in bad.text
-            report = client.post("/start/", headers=headers,
-                                 data={"task": "example_project.demo.tasks.send_report"})
-            assert report.status_code == 302  # the django.tasks function, enqueued
+            bad = client.post("/tasks/start/nope/", json={}, headers=headers)
+            assert bad.status_code == 404 and "Unknown task 'nope'" in bad.text
+            # The django.tasks function starts like the others (registered by its path).
+            report = client.post("/tasks/start/example_project.demo.tasks.send_report/",
+                                 json={"recipients": 2}, headers=headers)
+            assert report.status_code == 201, report.text
 
             started = client.post("/tasks/start/demo.import/", json={"rows": 5, "delay": 0.01},
                                   headers=headers)

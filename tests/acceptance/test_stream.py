@@ -21,6 +21,7 @@ from django_tasks_live.models import RunEvent
 from tests.support.db import requires_redis
 from tests.support.processes import children, daphne_args, free_port, wait_until, worker_args
 from tests.support.sse import StreamReader, wait_status
+from tests.support.users import operator
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.django_db(transaction=True)]
 
@@ -32,6 +33,11 @@ def session_cookie(user: User) -> dict[str, str]:
 
 
 def start_daphne(spawn, **env: str) -> str:
+    return daphne(spawn, **env)[0]
+
+
+def daphne(spawn, **env: str):
+    """A daphne child serving the test project: (stream URL, the Child)."""
     port = free_port()
     child = spawn(daphne_args(port), **env)
     url = f"http://127.0.0.1:{port}/tasks/events/"
@@ -44,7 +50,7 @@ def start_daphne(spawn, **env: str) -> str:
             return False
 
     wait_until(answers, 30, f"daphne on port {port}")
-    return url
+    return url, child
 
 
 def start_worker(spawn, **env: str) -> None:
@@ -67,18 +73,20 @@ def finished(run_id: int):
 
 
 def test_live_progress_replay_and_authorization_through_daphne_and_a_worker(tmp_path):
-    staff = User.objects.create_user("staff", is_staff=True)
+    staff = operator()
     owner = User.objects.create_user("owner")
     stranger = User.objects.create_user("stranger")
+    bare_staff = User.objects.create_user("bare", is_staff=True)  # no permission: like a stranger
     with children(tmp_path) as spawn:
         url = start_daphne(spawn, TASKS_LIVE_SSE_HEARTBEAT="0.3")
         start_worker(spawn)
         full = StreamReader(url, cookies=session_cookie(staff))
         watched = StreamReader(url + "?task=import-data", cookies=session_cookie(owner))
         other = StreamReader(url, cookies=session_cookie(stranger))
+        bare = StreamReader(url, cookies=session_cookie(bare_staff))
         anonymous = StreamReader(url)
         dropping = StreamReader(url, cookies=session_cookie(staff))
-        for reader in (full, watched, other, dropping):
+        for reader in (full, watched, other, bare, dropping):
             reader.wait_for(lambda ev: any(e.event == "snapshot" for e in ev), what="snapshot")
 
         run = tasks_live.using(owner=owner).start("import-data", rows=40, delay=0.03)
@@ -96,7 +104,8 @@ def test_live_progress_replay_and_authorization_through_daphne_and_a_worker(tmp_
         # The dropped client may have seen more than one event before it went (a batch).
         back.wait_for(lambda ev: seen_before + ids_of(back, run.pk) == expected, 30,
                       "the missed events")
-        other.wait_for(lambda ev: sum(e.event == "comment" for e in ev) >= 2, what="heartbeats")
+        for reader in (other, bare):
+            reader.wait_for(lambda ev: sum(e.event == "comment" for e in ev) >= 2, what="heartbeats")
         assert wait_status(anonymous) == 403
 
         # Bad and stale Last-Event-IDs get a reset and a fresh snapshot, never an error.
@@ -105,7 +114,7 @@ def test_live_progress_replay_and_authorization_through_daphne_and_a_worker(tmp_
                               headers={"Last-Event-ID": "987654321"})
         for reader in (malformed, future):
             reader.wait_for(lambda ev: any(e.event == "snapshot" for e in ev), what="snapshot")
-        for reader in (full, watched, other, back, anonymous, malformed, future):
+        for reader in (full, watched, other, bare, back, anonymous, malformed, future):
             reader.close()
 
     assert ids_of(full, run.pk) == expected  # every event, in order, once
@@ -121,7 +130,8 @@ def test_live_progress_replay_and_authorization_through_daphne_and_a_worker(tmp_
                 if e.event in ("run", "progress") and e.run["id"] == run.pk
                 and e.run["progress"]["percent"] is not None]
     assert percents == sorted(percents) and len(percents) > 5  # it moved, never backwards
-    assert other.run_events() == [] and other.events[1].data["runs"] == []
+    for reader in (other, bare):
+        assert reader.run_events() == [] and reader.events[1].data["runs"] == []
     assert b"log in" in anonymous.body
     for reader in (malformed, future):
         assert [e.event for e in reader.events[:3]] == ["retry", "reset", "snapshot"]
@@ -140,7 +150,7 @@ def redis_env(layer: str, poll: str) -> dict[str, str]:
 
 @requires_redis
 def test_redis_layer_two_daphnes_one_worker_both_streams_get_every_event(tmp_path):
-    staff = User.objects.create_user("staff", is_staff=True)
+    staff = operator()
     # Polling every 30 s: delivery within the test's time can only come through Redis.
     env = redis_env("redis", poll="30")
     with children(tmp_path) as spawn:
@@ -168,7 +178,7 @@ def test_redis_layer_two_daphnes_one_worker_both_streams_get_every_event(tmp_pat
 
 @requires_redis
 def test_a_channel_layer_that_drops_messages_still_delivers_every_event(tmp_path):
-    staff = User.objects.create_user("staff", is_staff=True)
+    staff = operator()
     env = redis_env("redis-drop", poll="1")
     with children(tmp_path) as spawn:
         url = start_daphne(spawn, **env)

@@ -12,7 +12,7 @@ from django.db import connection
 
 import django_tasks_live as tasks_live
 from django_tasks_live import store
-from django_tasks_live.models import Run
+from django_tasks_live.models import Run, Worker
 from django_tasks_live.states import Status
 from tests.conftest import read_calls
 from tests.support.db import requires_postgres
@@ -36,9 +36,10 @@ def test_four_workers_run_every_run_exactly_once(tmp_path, _calls_dir):
     assert len(calls) == total and set(calls.values()) == {1}
     counts = Counter(store.runs(run_ids=[r.pk for r in runs]).values_list("status", flat=True))
     assert counts == {Status.COMPLETED: total}
-    # Each run went pending -> running -> completed, with one event per change.
+    # Each run went pending -> claimed -> completed, with one event per change: a short
+    # run costs no write between its claim and its outcome.
     run = Run.objects.get(pk=runs[0].pk)
-    assert [e.status for e in run.events.order_by("id")] == ["pending", "running", "completed"]
+    assert [e.status for e in run.events.order_by("id")] == ["pending", "claimed", "completed"]
 
 
 def test_large_arguments_and_results_do_not_jam_the_executor_pipes(tmp_path):
@@ -58,9 +59,10 @@ def test_sigkilled_worker_is_recovered_by_another(tmp_path, _calls_dir):
     last_try = tasks_live.start("sleepy", seconds=1.0)  # no retries left: fails "worker lost"
     with children(tmp_path) as spawn:
         doomed = spawn(worker_args("--worker-id", "doomed", "--concurrency", "2"), **FAST_RESCUE)
-        # "running" means claimed; wait until both handlers really began.
-        wait_until(lambda: len(read_calls(_calls_dir, "resumable")) == 1
-                   and len(read_calls(_calls_dir, "sleepy")) == 1, 20, "handlers started")
+        # Both handlers began and outlived SHORT_RUN_WINDOW: recorded as running.
+        wait_until(lambda: store.statuses([run.pk, last_try.pk])
+                   == {run.pk: Status.RUNNING, last_try.pk: Status.RUNNING}, 20, "running")
+        assert len(read_calls(_calls_dir, "resumable")) == 1
         os.killpg(doomed.pid, signal.SIGKILL)
         killed_at = time.monotonic()
         rescuer = spawn(worker_args("--worker-id", "rescuer"), **FAST_RESCUE)
@@ -76,6 +78,43 @@ def test_sigkilled_worker_is_recovered_by_another(tmp_path, _calls_dir):
     assert sorted(read_calls(_calls_dir, "resumable")) == [f"{run.pk}:1", f"{run.pk}:2"]
     assert lost.status == Status.FAILED and lost.error == "worker lost"
     assert len(read_calls(_calls_dir, "sleepy")) == 1
+    # The rescued worker's row says so; the rescuer stopped cleanly and is not lost.
+    assert Worker.objects.get(pk="doomed").lost_at is not None
+    assert Worker.objects.get(pk="rescuer").lost_at is None
+
+
+def test_a_durable_step_is_not_executed_again_after_the_worker_is_sigkilled(tmp_path, _calls_dir):
+    run = tasks_live.start("durable", hold_on_attempt=1)
+    with children(tmp_path) as spawn:
+        doomed = spawn(worker_args("--worker-id", "doomed"), **FAST_RESCUE)
+        # "fetch" is done and stored; the handler holds between the two steps.
+        wait_until(lambda: read_calls(_calls_dir, "durable-held"), 20, "the first step ended")
+        os.killpg(doomed.pid, signal.SIGKILL)
+        rescuer = spawn(worker_args("--worker-id", "rescuer"), **FAST_RESCUE)
+        finished = tasks_live.wait(run.pk, timeout=30)
+        rescuer.stop()
+    assert (finished.status, finished.attempt) == (Status.COMPLETED, 2)
+    assert [e["type"] for e in finished.errors] == ["WorkerLost"]
+    assert finished.result == {"fetched": {"rows": 3, "attempt": 1}, "stored": 6, "attempt": 2}
+    assert read_calls(_calls_dir, "durable-fetch") == [str(run.pk)]
+    assert read_calls(_calls_dir, "durable-held") == [str(run.pk)]
+    assert read_calls(_calls_dir, "durable-store") == [str(run.pk)]
+    assert [(s["name"], s["state"]) for s in finished.steps] == [("fetch", "done"), ("store", "done")]
+
+
+def test_a_sleeping_run_frees_its_executor_and_resumes(tmp_path, _calls_dir):
+    sleeper = tasks_live.start("durable", cooldown=3.0)
+    with children(tmp_path) as spawn:
+        spawn(worker_args("--concurrency", "1"))
+        wait_until(lambda: Run.objects.get(pk=sleeper.pk).status == Status.RETRYING, 20, "the sleep")
+        wakes_at = Run.objects.get(pk=sleeper.pk).run_after
+        # The one executor is free while the run sleeps: another run completes meanwhile.
+        other = tasks_live.wait(tasks_live.start("noop", n=1).pk, timeout=30)
+        finished = tasks_live.wait(sleeper.pk, timeout=30)
+    assert other.status == Status.COMPLETED and other.finished_at < wakes_at < finished.finished_at
+    assert (finished.status, finished.attempt) == (Status.COMPLETED, 1)
+    assert read_calls(_calls_dir, "durable-fetch") == [str(sleeper.pk)]
+    assert [s["state"] for s in finished.steps] == ["done", "done", "done"]
 
 
 def test_max_tasks_counts_across_executors_and_leaves_the_rest_pending(tmp_path, _calls_dir):
@@ -116,7 +155,8 @@ def test_cancel_timeouts_retries_against_a_real_worker(tmp_path):
     coop_timeout = tasks_live.start("coop-timeout")
     flaky = tasks_live.start("flaky", fail_times=2)
     with children(tmp_path) as spawn:
-        spawn(worker_args("--concurrency", "4"))
+        # Four executors start slowly on a busy machine; the waits below begin once up.
+        spawn(worker_args("--concurrency", "4")).wait_for_output("tasks_worker ready", 90)
         assert tasks_live.cancel(pending).status == Status.CANCELED
         for run in (cooperative, stubborn):
             wait_until(lambda r=run: Run.objects.get(pk=r.pk).status == Status.RUNNING, 20)

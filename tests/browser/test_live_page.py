@@ -13,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from django.contrib.auth.models import User
 from django.db import connection
 from django.test import Client
 
@@ -21,6 +20,7 @@ import django_tasks_live as tasks_live
 from django_tasks_live import store
 from django_tasks_live.states import Status
 from tests.support.processes import children, daphne_args, free_port, wait_until, worker_args
+from tests.support.users import operator
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -83,7 +83,7 @@ def site(tmp_path):
 def session_id():
     """A logged-in staff session (the stream shows anonymous users nothing)."""
     client = Client()
-    client.force_login(User.objects.create_user("staff", is_staff=True))
+    client.force_login(operator())
     return client.cookies["sessionid"].value
 
 
@@ -136,7 +136,7 @@ def test_progress_bar_moves_to_100_percent_live(site, session_id, browser, tmp_p
     run = orm(store.get_run, int(state["runId"]))
     assert run.status == Status.COMPLETED and run.task_name == "import-data"
     assert (state["width"], state["percent"], state["label"]) == ("100%", "100%", "Completed")
-    assert state["result"] == '{"imported":40}'
+    assert state["result"] == "imported: 40"  # readable, not raw JSON
     widths = page.evaluate("window.widths")
     # The bar moved through intermediate values before 100%: it was live, not a reload.
     assert any(0 < width < 100 for width in widths), widths
@@ -195,3 +195,31 @@ def test_status_page_cancel_button_and_runs_leaving_the_status(site, session_id,
     item.wait_for(state="detached", timeout=20_000)  # no longer running: it leaves the page
     assert orm(tasks_live.wait, run.pk, timeout=30).status == Status.CANCELED
     assert page.locator("[data-tasks-live-empty]").is_visible()
+
+
+def test_a_django_task_with_required_arguments_starts_from_its_form(site, session_id, browser,
+                                                                     tmp_path):
+    # {% task_item "tests.testapp.tasks.django_add" %}: a @django.tasks.task function, by its
+    # path; it needs a and b, so the card renders a form built from its signature.
+    _, port, start_daphne = site
+    start_daphne()
+    page = open_page(browser, session_id, port, "/live/tests.testapp.tasks.django_add/")
+    form = page.locator("#item form[data-tasks-live-form]")
+    assert form.locator("input[name=a][type=number][required]").count() == 1
+    page.screenshot(path=str(tmp_path / "django-task-form.png"), full_page=True)
+
+    # Start with a field missing: the browser asks for it, nothing is posted.
+    page.fill("#item input[name=a]", "2")
+    page.click("#item [data-tasks-live-action=start]")
+    page.wait_for_timeout(300)
+    assert orm(lambda: store.runs(task=["tests.testapp.tasks.django_add"]).count()) == 0
+
+    page.fill("#item input[name=b]", "40")
+    page.click("#item [data-tasks-live-action=start]")
+    page.wait_for_selector("#item .tasks-live--completed", timeout=30_000)
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(tmp_path / "django-task-done.png"), full_page=True)
+    state = item_state(page)
+    run = orm(store.get_run, int(state["runId"]))
+    assert (run.kind, run.kwargs, run.result) == ("django", {"a": 2, "b": 40}, 42)
+    assert (state["percent"], state["result"]) == ("100%", "42")

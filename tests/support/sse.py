@@ -55,16 +55,29 @@ class FrameParser:
 
 
 class StreamReader:
-    """Reads one SSE response in a background thread; the test inspects ``events``."""
+    """Reads one SSE response in a background thread; the test inspects ``events``.
+
+    With ``reconnect=True`` it behaves like an ``EventSource`` (and ``TasksLive.EventSource``):
+    when the response ends, fails or is refused, it waits the server's ``retry`` hint and
+    connects again sending ``Last-Event-ID`` (the last id it saw); ``events`` then holds
+    the frames of every connection in order, and ``connections`` counts them.
+    """
 
     def __init__(self, url: str, *, cookies: dict[str, str] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, reconnect: bool = False,
+                 last_event_id: int | None = None) -> None:
         self.url = url
+        self.reconnect = reconnect
         self.events: list[Event] = []
         self.status: int | None = None
+        self.statuses: list[int] = []  # one per response received
         self.headers: httpx.Headers | None = None
         self.body = b""
         self.error: BaseException | None = None
+        self.errors: list[BaseException] = []  # failed connections (reconnect=True)
+        self.connections = 0
+        self.last_event_id = last_event_id  # sent as Last-Event-ID when not None
+        self.retry_ms = 1000
         self.ended = False
         self._stop = threading.Event()
         self._client = httpx.Client(cookies=cookies, headers=headers, timeout=httpx.Timeout(
@@ -73,22 +86,44 @@ class StreamReader:
         self._thread.start()
 
     def _read(self) -> None:
-        parser = FrameParser()
         try:
-            with self._client.stream("GET", self.url) as response:
-                self.status, self.headers = response.status_code, response.headers
-                for chunk in response.iter_raw():
+            while not self._stop.is_set():
+                try:
+                    self._read_once()
+                except BaseException as exc:
                     if self._stop.is_set():
                         return
-                    if response.status_code != 200:
-                        self.body += chunk
-                        continue
-                    self.events.extend(parser.feed(chunk))
-        except BaseException as exc:
-            if not self._stop.is_set():
-                self.error = exc
+                    if not self.reconnect:
+                        self.error = exc
+                        return
+                    self.errors.append(exc)
+                if not self.reconnect:
+                    return
+                self._stop.wait(self.retry_ms / 1000)
         finally:
             self.ended = True
+
+    def _read_once(self) -> None:
+        parser = FrameParser()
+        headers = {}
+        if self.last_event_id is not None:
+            headers["Last-Event-ID"] = str(self.last_event_id)
+        with self._client.stream("GET", self.url, headers=headers) as response:
+            self.connections += 1
+            self.status, self.headers = response.status_code, response.headers
+            self.statuses.append(response.status_code)
+            for chunk in response.iter_raw():
+                if self._stop.is_set():
+                    return
+                if response.status_code != 200:
+                    self.body += chunk
+                    continue
+                for event in parser.feed(chunk):
+                    self.events.append(event)
+                    if event.id is not None:
+                        self.last_event_id = event.id
+                    if event.event == "retry":
+                        self.retry_ms = event.data
 
     def wait_for(self, predicate: Callable[[list[Event]], object], timeout: float = 15.0,
                  what: str = "events") -> None:
@@ -126,3 +161,4 @@ def wait_status(reader: StreamReader, timeout: float = 10.0) -> int:
         time.sleep(0.02)  # an error response: wait for its body
     assert reader.status is not None, f"no response from {reader.url}: {reader.error!r}"
     return reader.status
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+from collections import deque
 from typing import Any
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from django_tasks_live import store
 from django_tasks_live.models import Run
 from django_tasks_live.states import Status
-from django_tasks_live.worker.runloop import PIPELINE_SECONDS, RunLoop
+from django_tasks_live.worker.runloop import OUTCOME_DELAY, PIPELINE_SECONDS, RunLoop
 from tests.support.db import requires_postgres
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -72,16 +73,28 @@ def test_claims_runs_executes_them_and_writes_outcomes_with_the_next_claim():
     loop = run_loop(avg_run_seconds=PIPELINE_SECONDS / 10)
     loop.step()  # claims all three in one transaction
     assert [run_id for run_id, _ in loop.conn.sent[0][1]] == [r.pk for r in runs]
-    assert statuses(runs) == [Status.RUNNING] * 3
+    assert statuses(runs) == [Status.CLAIMED] * 3
     for _ in runs:
         loop.step()
     # Each run's outcome was reported as it ended; none is written yet.
     assert loop.conn.kinds() == ["settled", "done", "done", "done"]
-    assert statuses(runs) == [Status.RUNNING] * 3
+    assert statuses(runs) == [Status.CLAIMED] * 3
     loop.step()  # idle: writes the outcomes (and finds nothing more to claim)
     assert statuses(runs) == [Status.COMPLETED] * 3
     assert loop.conn.sent[-1][:2] == ("settled", [])  # none due: it waits to be woken
     assert not loop.hungry
+
+
+def test_a_skipped_run_is_written_with_the_batch_beside_completed_ones():
+    runs = store.create_runs([store.NewRun("maybe", kwargs={"item": "x", "verdict": v})
+                              for v in ("yes", "stale", "yes")])
+    loop = run_loop(avg_run_seconds=PIPELINE_SECONDS / 10)
+    for _ in range(5):
+        loop.step()
+    finished = list(store.runs(run_ids=[r.pk for r in runs]).order_by("id"))
+    assert [r.status for r in finished] == [Status.COMPLETED, Status.SKIPPED, Status.COMPLETED]
+    assert finished[1].progress_message == "Skipped: stale"
+    assert finished[1].events.order_by("-id").first().status == Status.SKIPPED
 
 
 def test_a_wake_up_makes_an_idle_loop_claim_again():
@@ -147,3 +160,94 @@ def test_an_outcome_the_database_refuses_fails_its_run_and_the_rest_are_written(
     assert (good.status, good.result) == (Status.COMPLETED, 1)
     assert (bad.status, bad.error_type) == (Status.FAILED, "OutcomeNotStored")
     assert "could not be stored" in bad.error
+
+
+def deep(depth: int) -> list:
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("fields,reason", [
+    # What a handler cannot produce any more (runner sanitises it), should a value slip
+    # through: text UTF-8 cannot encode (SQLite raises UnicodeEncodeError, PostgreSQL a
+    # DataError), JSON too deep to encode (RecursionError).
+    ({"progress_message": "x\ud800"}, ("UnicodeEncodeError", "invalid input syntax for type json")),
+    ({"result": deep(5000)}, ("RecursionError",)),
+])
+def test_an_outcome_no_database_can_store_fails_only_its_run(fields, reason):
+    good, bad = (store.claim_run(run.pk, "w1") for run in start_noops(2))
+    loop = run_loop()
+    loop.outcomes = [store.Outcome(good.pk, Status.COMPLETED, {"result": 1}),
+                     store.Outcome(bad.pk, Status.COMPLETED, fields)]
+    loop._settle(0)
+    assert loop.outcomes == [] and loop.conn.sent == [("settled", [], 0)]
+    good, bad = (Run.objects.get(pk=run.pk) for run in (good, bad))
+    assert (good.status, good.result) == (Status.COMPLETED, 1)
+    assert (bad.status, bad.error_type) == (Status.FAILED, "OutcomeNotStored")
+    assert bad.error.startswith("the run's outcome could not be stored (")
+    assert any(word in bad.error for word in reason) and bad.error.endswith("the worker log has the details.")
+    assert "\n" not in bad.error and len(bad.error) < 300
+
+
+@requires_postgres
+def test_a_refused_outcome_stores_no_sql_in_the_run():
+    run = store.claim_run(start_noops(1)[0].pk, "w1")
+    loop = run_loop()
+    loop.outcomes = [store.Outcome(run.pk, Status.COMPLETED, {"progress_message": "x\x00"})]
+    loop._settle(0)
+    error = Run.objects.get(pk=run.pk).error
+    assert error.startswith("the run's outcome could not be stored (DataError: ")
+    for sql_word in ("UPDATE", "SELECT", "INSERT", "DETAIL", "CONTEXT", "%s"):
+        assert sql_word not in error
+
+
+def test_the_gate_says_which_claim_is_executing():
+    runs = start_noops(2)
+    loop = run_loop(avg_run_seconds=PIPELINE_SECONDS / 10)
+    loop.step()  # claims both: claim 1 and 2 of this executor
+    loop.step()  # runs the first
+    assert int(loop.gate[0]) == 1 and loop.gate[1] > 0
+    loop.step()
+    assert int(loop.gate[0]) == 2
+    assert loop.conn.kinds() == ["settled", "done", "done"]
+    assert statuses(runs) == [Status.CLAIMED] * 2  # short runs: no write until the outcome
+
+
+def test_a_withdrawn_run_is_never_begun():
+    runs = start_noops(3)
+    loop = run_loop(avg_run_seconds=PIPELINE_SECONDS / 10)
+    loop.step()  # claims all three
+    # The supervisor took the last two back (it sends this while holding the gate's lock).
+    loop.conn.inbox.append(("withdraw", [runs[1].pk, runs[2].pk]))
+    while loop.queue or loop.outcomes:
+        loop.step()
+    assert [m[1] for m in loop.conn.sent if m[0] == "done"] == [runs[0].pk]
+    assert loop.queue == deque()
+
+
+def test_outcomes_are_written_before_a_run_of_a_task_not_known_to_be_short():
+    quick, slow = store.create_runs([store.NewRun("noop"), store.NewRun("echo")])
+    loop = run_loop(avg_run_seconds=PIPELINE_SECONDS / 10)
+    loop.step()  # claims both
+    loop.step()  # runs the noop: its outcome is held
+    assert statuses([quick]) == [Status.CLAIMED] and loop.outcomes
+    loop.step()  # "echo" never ran here: the noop's outcome is written before it begins
+    assert statuses([quick]) == [Status.COMPLETED]
+    assert statuses([slow]) == [Status.CLAIMED]  # ended, but its outcome is held
+    got = Run.objects.get(pk=quick.pk)
+    assert got.started_at is not None and got.started_at <= got.finished_at
+
+
+def test_outcomes_wait_at_most_outcome_delay_behind_known_short_runs():
+    runs = start_noops(3)
+    loop = run_loop(avg_run_seconds=PIPELINE_SECONDS / 10)
+    loop.task_seconds["noop"] = 0.0001  # known to be short
+    loop.step()
+    loop.step()  # the first ends; its outcome is held
+    assert statuses(runs)[0] == Status.CLAIMED
+    loop._outcomes_since -= OUTCOME_DELAY  # it has waited long enough
+    loop.step()
+    assert statuses(runs)[0] == Status.COMPLETED
+

@@ -3,12 +3,15 @@ that stopped, and how it finds runs no executor accounts for."""
 
 from __future__ import annotations
 
+import datetime as dt
+import time
 from types import SimpleNamespace
 
 import pytest
+from django.utils import timezone
 
 from django_tasks_live import store
-from django_tasks_live.models import Run
+from django_tasks_live.models import Run, Worker
 from django_tasks_live.states import Status
 from django_tasks_live.worker.pool import Assignment
 from django_tasks_live.worker.supervisor import Supervisor
@@ -129,3 +132,32 @@ def test_a_run_claimed_again_between_two_checks_is_a_new_claim():
     supervisor._requeue_unaccounted()
     run.refresh_from_db()
     assert (run.status, run.attempt) == (Status.RUNNING, 2)
+
+
+def test_after_a_gap_in_its_own_heartbeats_a_worker_waits_before_rescuing_others(settings):
+    # Another worker's run, its heartbeat as stale as an outage leaves everybody's.
+    settings.TASKS_LIVE = {**settings.TASKS_LIVE, "HEARTBEAT_INTERVAL": 1.0,
+                           "HEARTBEAT_TIMEOUT": 5.0}
+    store.register_worker("w2", "host", 2, [], 1)
+    Worker.objects.filter(pk="w2").update(heartbeat_at=timezone.now() - dt.timedelta(seconds=6))
+    [run] = claimed(1, worker_id="w2", max_attempts=2)
+    store.register_worker("w1", "host", 1, [], 1)
+    supervisor = Supervisor(worker_id="w1")
+
+    supervisor._heard_at = time.monotonic() - 3  # its own last heartbeat: 3 intervals ago
+    supervisor._housekeeping()
+    assert Run.objects.get(pk=run.pk).status == Status.RUNNING  # w2 may be back any moment
+    assert supervisor._rescue_after > time.monotonic() + 4
+
+    supervisor._rescue_after = time.monotonic()  # a heartbeat timeout later, w2 still silent
+    supervisor._next_heartbeat = 0.0
+    supervisor._housekeeping()
+    run.refresh_from_db()
+    assert (run.status, run.errors[-1]["type"]) == (Status.PENDING, "WorkerLost")
+
+
+def test_a_worker_in_touch_with_the_database_rescues_at_once(settings):
+    supervisor = Supervisor(worker_id="w1")
+    assert supervisor._may_rescue()  # the first heartbeat: no gap to judge by
+    supervisor._heard_at = time.monotonic() - 0.1
+    assert supervisor._may_rescue()

@@ -30,14 +30,17 @@ class Command(BaseCommand):
                             help="Runs deleted per transaction (default 1000).")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        keep_last = _number(options.get("keep_last"), "--keep-last", whole=True)
+        keep_last = _number(options.get("keep_last"), "--keep-last", store.PRUNE_MAX_KEEP_LAST,
+                            whole=True)
         if keep_last is None:
             keep_last = _number(conf.get("RETENTION_KEEP_LAST"), "TASKS_LIVE['RETENTION_KEEP_LAST']",
-                                whole=True, text=False)
-        days = _number(options.get("days"), "--days")
+                                store.PRUNE_MAX_KEEP_LAST, whole=True, text=False)
+        days = _number(options.get("days"), "--days", store.PRUNE_MAX_DAYS)
         if days is None:
-            days = _number(conf.get("RETENTION_DAYS"), "TASKS_LIVE['RETENTION_DAYS']", text=False)
-        batch_size = _number(options.get("batch_size"), "--batch-size", whole=True)
+            days = _number(conf.get("RETENTION_DAYS"), "TASKS_LIVE['RETENTION_DAYS']",
+                           store.PRUNE_MAX_DAYS, text=False)
+        batch_size = _number(options.get("batch_size"), "--batch-size", store.PRUNE_MAX_BATCH,
+                             whole=True)
         if keep_last is None and days is None:
             raise CommandError(
                 "Nothing to prune by: pass --keep-last N and/or --days D, or set "
@@ -54,8 +57,9 @@ class Command(BaseCommand):
                           f"(keeping {' or '.join(filter(None, kept))}).")
 
 
-def _number(value: Any, what: str, whole: bool = False, text: bool = True) -> Any:
-    """``value`` (a number, or with ``text`` a command-line string) as a number >= 0, or None."""
+def _number(value: Any, what: str, maximum: int, whole: bool = False, text: bool = True) -> Any:
+    """``value`` (a number, or with ``text`` a command-line string) as a number from 0 to
+    ``maximum``, or None."""
     if value is None:
         return None
     noun = "a whole number" if whole else "a number"
@@ -69,4 +73,6 @@ def _number(value: Any, what: str, whole: bool = False, text: bool = True) -> An
         parsed = value if not whole or isinstance(value, int) else None
     if parsed is None or not math.isfinite(parsed) or parsed < 0:
         raise CommandError(f"{what} must be {noun} >= 0, got {value!r}.")
+    if parsed > maximum:  # the database would fail on it (out of range, too many variables)
+        raise CommandError(f"{what} must be at most {maximum}, got {value!r}.")
     return parsed

@@ -1,0 +1,358 @@
+"""Admission of limited runs: the queries that apply :mod:`.limits` (composed by store).
+
+The claim query knows nothing of limits. A limited run is created ``pending`` with one
+``RunLimit`` row per key it needs and ``run_after`` far ahead (``WAITING_UNTIL``), so no
+worker claims it; it is *admitted* by giving it its real ``run_after`` (now, or when a
+rate window opens or a cooldown ends) once every key has room. Admission happens in the
+transactions that change a key's use:
+
+- a start (its own runs, and any run of the key that could have started),
+- a limited run reaching a finished status (its slots are freed; store._save_events),
+- a rate-limited run's recorded start (``running``, or its outcome's ``started_at``:
+  the moment its handler began) is counted, and the next one admitted,
+- the supervisors' sweep (runs that became due, slots freed by deleted runs, an
+  admission lost to a key that was busy in another transaction).
+
+Each locks the keys it changes in key order (``SELECT … FOR UPDATE``; SQLite serializes
+writers at BEGIN), then takes the candidates' run rows and any other key they need with
+``SKIP LOCKED``: a run or key busy in another transaction is left to that transaction
+(or the sweep), so two transactions never wait on each other in a cycle.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connections
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from . import limits
+from .models import LimitKey, Run, RunLimit
+from .states import CLAIMABLE, TERMINAL
+
+# A waiting run's run_after: later than anything a claim asks for.
+WAITING_UNTIL = dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
+# Waiting rows read per key beyond its free slots: candidates that another key holds back.
+EXTRA_CANDIDATES = 8
+KEYS_PER_READ = 100
+WAITING, HOLDING = "tl_limit_waiting", "tl_limit_holding"  # see RunLimit.Meta.indexes
+# Booleans as the partial indexes spell them (SQLite uses one only when the query's
+# WHERE visibly implies the index's).
+TRUE, FALSE = {"sqlite": "1", "postgresql": "true"}, {"sqlite": "0", "postgresql": "false"}
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A waiting run let go: its run_after (now or when a window opens) and reason."""
+
+    run_id: int
+    run_after: dt.datetime
+    message: str
+
+
+@dataclass
+class Waiting:
+    """A run being created with limits: the keys it needs and its own run_after."""
+
+    run: Run
+    needs: list[limits.Need]
+    due: dt.datetime
+
+
+def is_waiting(run: Run) -> bool:
+    """Is ``run`` a limited run not admitted yet (its progress message says why)?"""
+    return bool(run.limited) and run.status in CLAIMABLE and run.run_after == WAITING_UNTIL
+
+
+def hold_back(run: Run, needs: list[limits.Need]) -> Waiting:
+    """Make an unsaved run wait for admission (not claimable until admitted)."""
+    waiting = Waiting(run, needs, run.run_after)
+    run.limited = limits.bits(needs)
+    run.run_after = WAITING_UNTIL
+    run.progress_message = limits.waiting_reason(needs[0].key)
+    return waiting
+
+
+def on_create(created: Sequence[Waiting], using: str) -> list[Admission]:
+    """Store the keys of runs just inserted and admit what has room (theirs and any
+    other run of those keys); returns the admissions (the caller writes them)."""
+    figures: dict[str, limits.Need] = {}
+    rows = []
+    for entry in created:
+        for need in entry.needs:
+            figures.setdefault(need.key, need)
+            rows.append(RunLimit(run_id=entry.run.pk, key=need.key, priority=entry.run.priority,
+                                 due=entry.due, needs=len(entry.needs)))
+    keys = sorted(figures)
+    LimitKey.objects.using(using).bulk_create(
+        [LimitKey(key=key, cap=figures[key].cap, rate=figures[key].rate,
+                  window=figures[key].window) for key in keys],
+        ignore_conflicts=True)
+    RunLimit.objects.using(using).bulk_create(rows)
+    locked = _lock(keys, using)
+    _update_figures(locked, figures, using)
+    return _admit(locked, using, timezone.now())
+
+
+def on_status(changed: Iterable[Run], using: str) -> list[Admission]:
+    """Status changes of limited runs: a finished run frees its keys (a cooldown
+    starts); a rate-limited run whose handler began (recorded: ``running``, or finished
+    with ``started_at``) counts as a start at ``started_at``; then the next runs of
+    those keys are admitted. Returns the admissions (the caller writes them)."""
+    ended: list[int] = []
+    began: dict[int, dt.datetime | None] = {}
+    for run in changed:
+        if run.status in TERMINAL:
+            ended.append(run.pk)
+            began[run.pk] = run.started_at
+        elif run.limited & limits.RATE and run.started_at is not None:
+            began[run.pk] = run.started_at  # running, or retrying/pending after it began
+    if not began:
+        return []
+    gone = _delete_rows(ended, [pk for pk in began if pk not in set(ended)], using)
+    if not gone:
+        return []
+    locked = _lock(sorted({key for _, key, _ in gone}), using)
+    now = timezone.now()
+    touched: dict[str, str] = {}
+    for run_id, key, holding in gone:
+        state = locked.get(key)
+        if state is None or not holding:
+            continue
+        if key[0] == "w":
+            state.finished_at = now
+            touched[key] = "finished_at"
+        elif key[0] == "r" and began[run_id] is not None:
+            starts = sorted([*state.starts, began[run_id].isoformat()],
+                            key=dt.datetime.fromisoformat)
+            state.starts = starts[-(state.rate or 1):]
+            touched[key] = "starts"
+    for key, name in touched.items():
+        locked[key].save(using=using, update_fields=[name])
+    return _admit(locked, using, now)
+
+
+def _delete_rows(ended: Sequence[int], began: Sequence[int], using: str
+                 ) -> list[tuple[int, str, bool]]:
+    """Delete the rows of ``ended`` runs and the rate rows of runs that ``began``, in one
+    statement; returns them as (run id, key, holding)."""
+    conn = connections[using]
+    q = conn.ops.quote_name
+    where, params = [], []
+    if ended:
+        where.append(f"{q('run_id')} IN ({', '.join(['%s'] * len(ended))})")
+        params += ended
+    if began:
+        where.append(f"({q('run_id')} IN ({', '.join(['%s'] * len(began))}) "
+                     f"AND {q('key')} LIKE 'r:%%')")
+        params += began
+    with conn.cursor() as cursor:
+        cursor.execute(f"DELETE FROM {q(RunLimit._meta.db_table)} WHERE {' OR '.join(where)} "
+                       f"RETURNING {q('run_id')}, {q('key')}, {q('holding')}", params)
+        return [(run_id, key, bool(holding)) for run_id, key, holding in cursor.fetchall()]
+
+
+def sweep(using: str, limit: int = KEYS_PER_READ) -> list[Admission]:
+    """Admit runs of keys with waiting runs that are due, where nothing else is admitting
+    right now (keys locked elsewhere are skipped): the safety net behind admission by the
+    transactions that free slots. Call inside a transaction."""
+    now = timezone.now()
+    keys = sorted(set(RunLimit.objects.using(using).filter(holding=False, due__lte=now)
+                      .values_list("key", flat=True)[:limit]))
+    if not keys:
+        return []
+    return _admit(_lock(keys, using, skip_locked=True), using, now)
+
+
+def has_waiting(using: str) -> bool:
+    """Are any limited runs waiting (a cheap read before a sweep's transaction)?"""
+    return RunLimit.objects.using(using).filter(holding=False, due__lte=timezone.now()).exists()
+
+
+def _lock(keys: Sequence[str], using: str, skip_locked: bool = False) -> dict[str, LimitKey]:
+    """The keys' rows, locked in key order until the transaction ends."""
+    locked: dict[str, LimitKey] = {}
+    for chunk in _chunks(keys):
+        rows = _for_update(LimitKey.objects.using(using).filter(key__in=chunk).order_by("key"),
+                           using, skip_locked)
+        locked.update((row.key, row) for row in rows)
+    return locked
+
+
+def _for_update(rows: QuerySet, using: str, skip_locked: bool) -> QuerySet:
+    if not connections[using].features.has_select_for_update:
+        return rows  # SQLite: the transaction holds the write lock already
+    return rows.select_for_update(skip_locked=skip_locked)
+
+
+def _update_figures(locked: dict[str, LimitKey], figures: dict[str, limits.Need],
+                    using: str) -> None:
+    """A declaration changed (a new cap): the key follows the latest start's figures."""
+    for key, state in locked.items():
+        need = figures[key]
+        if (state.cap, state.rate, state.window) != (need.cap, need.rate, need.window):
+            state.cap, state.rate, state.window = need.cap, need.rate, need.window
+            state.save(using=using, update_fields=["cap", "rate", "window"])
+
+
+def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
+    for start in range(0, len(items), KEYS_PER_READ):
+        yield items[start:start + KEYS_PER_READ]
+
+
+def _gate(state: LimitKey) -> dt.datetime | None:
+    need = limits.Need(state.key, state.cap, state.rate, state.window)
+    starts = [dt.datetime.fromisoformat(when) for when in state.starts]
+    return limits.gate(need, starts, state.finished_at)
+
+
+@dataclass
+class _Candidate:
+    key: str  # the key it was found waiting for
+    run_id: int
+    due: dt.datetime
+    needs: int  # keys the run needs (1: no other key to look at)
+
+
+def _admit(locked: dict[str, LimitKey], using: str, now: dt.datetime) -> list[Admission]:
+    """Admit waiting runs of the ``locked`` keys while every key a run needs has room,
+    in priority then FIFO order per key; returns the admissions. The caller writes them
+    to the runs it can lock without waiting (``SKIP LOCKED``: a run another transaction
+    holds is left to it, which admits again for its keys) and calls :func:`hold`."""
+    if not locked:
+        return []
+    free, candidates = _candidates(locked, using, now)
+    if not candidates:
+        return []
+    states = dict(locked)
+    several = [c.run_id for c in candidates if c.needs > 1]
+    needed = _keys_of(several, using) if several else {}
+    others = sorted({key for keys in needed.values() for key in keys} - set(states))
+    if others:  # keys of the candidates' other limits: never waited for
+        extra = _lock(others, using, skip_locked=True)
+        more, _ = _candidates(extra, using, now, waiting=False)
+        states.update(extra)
+        free.update(more)
+    admitted: list[Admission] = []
+    for candidate in candidates:
+        keys = needed.get(candidate.run_id) or [candidate.key]
+        if not all(free.get(key, 0) > 0 for key in keys):
+            continue
+        for key in keys:
+            free[key] -= 1
+        gates = [(gate, key) for key in keys if (gate := _gate(states[key])) is not None]
+        # Its own run_after (due already: claimable by a claim of this transaction, in
+        # its place in claim order), or when a window opens or a cooldown ends.
+        start_at, reason = candidate.due, ""
+        if gates:
+            latest, key = max(gates)
+            if latest > start_at:
+                start_at = latest
+                reason = limits.gated_reason(key, latest) if latest > now else ""
+        admitted.append(Admission(candidate.run_id, start_at, reason))
+    return admitted
+
+
+def held_sql(conn: Any) -> str:
+    """``<table> SET holding = true``: what :func:`hold` does, for a statement of the
+    caller's (PostgreSQL writes the admitted runs and their rows in one)."""
+    q = conn.ops.quote_name
+    return f"{q(RunLimit._meta.db_table)} SET {q('holding')} = {TRUE[conn.vendor]}"
+
+
+def hold(run_ids: Sequence[int], using: str) -> None:
+    """The admitted runs (those the caller could write) hold their keys now."""
+    if run_ids:
+        RunLimit.objects.using(using).filter(run_id__in=list(run_ids)).update(holding=True)
+
+
+def _candidates(states: dict[str, LimitKey], using: str, now: dt.datetime,
+                waiting: bool = True) -> tuple[dict[str, int], list[_Candidate]]:
+    """The free slots of each key and (``waiting``) the first waiting due runs of each
+    key with room, in priority then FIFO order per key, keys in order: one read per
+    chunk of keys (a UNION ALL of per-key index seeks; each key's row with a NULL run id
+    carries its holder count)."""
+    conn = connections[using]
+    q = conn.ops.quote_name
+    table = q(RunLimit._meta.db_table)
+    due_field = RunLimit._meta.get_field("due")
+    when = due_field.get_db_prep_value(now, conn)
+    converters = conn.ops.get_db_converters(due_field.get_col(RunLimit._meta.db_table))
+    free: dict[str, int] = {}
+    found: list[_Candidate] = []
+    held_sql = (f"SELECT COUNT(*) FROM {table}{_index(conn, HOLDING)} "
+                f"WHERE {q('key')} = %s AND {_holding_is(conn, True)}")
+    waiting_sql = (f"SELECT {q('key')}, {q('run_id')}, {q('due')}, {q('needs')} "
+                   f"FROM {table}{_index(conn, WAITING)} WHERE {q('key')} = %s "
+                   f"AND {_holding_is(conn, False)} AND {q('due')} <= %s "
+                   f"ORDER BY {q('priority')} DESC, {q('run_id')} LIMIT %s")
+    for chunk in _chunks(sorted(states)):
+        limits_of = [states[key].cap + EXTRA_CANDIDATES for key in chunk]
+        if conn.vendor == "postgresql":  # one plan for any number of keys
+            sql = (f"SELECT k.key, NULL::bigint, NULL::timestamptz, ({held_sql % 'k.key'}) "
+                   "FROM unnest(%s::text[]) AS k(key)")
+            params: list[Any] = [list(chunk)]
+            if waiting:
+                sql += (" UNION ALL SELECT w.* FROM unnest(%s::text[], %s::int[]) AS k(key, n) "
+                        f"CROSS JOIN LATERAL ({waiting_sql % ('k.key', '%s', 'k.n')}) AS w")
+                params += [list(chunk), limits_of, when]
+        else:  # SQLite: per-key index seeks in one compound statement
+            parts = [f"SELECT %s, NULL, NULL, ({held_sql})"] * len(chunk)
+            params = [value for key in chunk for value in (key, key)]
+            if waiting:
+                parts += [f"SELECT * FROM ({waiting_sql})"] * len(chunk)
+                params += [value for key, limit in zip(chunk, limits_of, strict=True)
+                           for value in (key, when, limit)]
+            sql = " UNION ALL ".join(parts)
+        with conn.cursor() as cursor:
+            cursor.execute(sql, params)
+            rows = cursor.fetchall()
+        for key, run_id, due, number in rows:
+            if run_id is None:
+                free[key] = states[key].cap - number
+                continue
+            for convert in converters:
+                due = convert(due, due_field, conn)
+            found.append(_Candidate(key, run_id, due, number))
+    found = [c for c in found if free.get(c.key, 0) > 0]
+    found.sort(key=lambda c: c.key)  # stable: each key's runs stay in their order
+    return free, found
+
+
+def _holding_is(conn: Any, value: bool) -> str:
+    """``holding`` is ``value``, in a form the partial indexes on it serve. SQLite uses a
+    partial index only when the query repeats its condition, and Django writes that
+    condition as ``"holding" = 1`` (6.x) or a bare ``"holding"`` (5.2): both are written."""
+    column = conn.ops.quote_name("holding")
+    literal = (TRUE if value else FALSE)[conn.vendor]
+    if conn.vendor != "sqlite":
+        return f"{column} = {literal}"
+    return f"{column} = {literal} AND {'' if value else 'NOT '}{column}"
+
+
+def _index(conn: Any, name: str) -> str:
+    """SQLite has no statistics unless someone runs ANALYZE: name the index to seek."""
+    return f" INDEXED BY {conn.ops.quote_name(name)}" if conn.vendor == "sqlite" else ""
+
+
+def _keys_of(run_ids: Sequence[int], using: str) -> dict[int, list[str]]:
+    keys: dict[int, list[str]] = {}
+    for run_id, key in (RunLimit.objects.using(using).filter(run_id__in=list(run_ids))
+                        .values_list("run_id", "key")):
+        keys.setdefault(run_id, []).append(key)
+    return keys
+
+
+def notify(admitted: Iterable[Run], using: str, channel: str) -> None:
+    """PostgreSQL: wake idle workers at commit for runs admitted to start now (the
+    insert trigger does it for new runs only)."""
+    conn = connections[using]
+    queues = sorted({run.queue for run in admitted if not run.progress_message})
+    if conn.vendor != "postgresql" or not queues:
+        return
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT pg_notify(%s, q) FROM unnest(%s::text[]) AS q", [channel, queues])
