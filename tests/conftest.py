@@ -46,3 +46,16 @@ def read_calls(calls_dir, name: str) -> list[str]:
     for path in sorted(calls_dir.glob(f"{name}-*.log")):
         lines += path.read_text().split()
     return lines
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test that started servers or workers shows the end of their logs."""
+    outcome = yield
+    report = outcome.get_result()
+    tmp_path = getattr(item, "funcargs", {}).get("tmp_path")
+    if report.when != "call" or not report.failed or tmp_path is None:
+        return
+    for log in sorted(tmp_path.glob("child-*.log")):
+        tail = log.read_text(errors="replace")[-6000:]
+        report.sections.append((f"{log.name} (last 6,000 characters)", tail))
