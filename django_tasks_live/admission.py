@@ -27,16 +27,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import connections
-from django.db.models import QuerySet
 from django.utils import timezone
 
-from . import limits
+from . import limits, raw
 from .models import LimitKey, Run, RunLimit
 from .states import CLAIMABLE, TERMINAL
 
 # A waiting run's run_after: later than anything a claim asks for.
 WAITING_UNTIL = dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
-# Waiting rows read per key beyond its free slots: candidates that another key holds back.
+# Waiting rows read per key beyond its cap when runs of it need other keys too (those
+# keys may hold them back, and the runs behind them may start instead).
 EXTRA_CANDIDATES = 8
 KEYS_PER_READ = 100
 WAITING, HOLDING = "tl_limit_waiting", "tl_limit_holding"  # see RunLimit.Meta.indexes
@@ -174,19 +174,24 @@ def has_waiting(using: str) -> bool:
 
 
 def _lock(keys: Sequence[str], using: str, skip_locked: bool = False) -> dict[str, LimitKey]:
-    """The keys' rows, locked in key order until the transaction ends."""
+    """The keys' rows, locked in key order until the transaction ends (SQLite: the
+    transaction holds the write lock already). Raw SQL: a settle locks a key per run it
+    ends, and the ORM took longer to build this read than the database to answer it."""
+    conn = connections[using]
+    q = conn.ops.quote_name
+    shape = raw.shape(LimitKey, using)
+    lock = ""
+    if conn.features.has_select_for_update:
+        lock = " FOR UPDATE SKIP LOCKED" if skip_locked else " FOR UPDATE"
     locked: dict[str, LimitKey] = {}
-    for chunk in _chunks(keys):
-        rows = _for_update(LimitKey.objects.using(using).filter(key__in=chunk).order_by("key"),
-                           using, skip_locked)
-        locked.update((row.key, row) for row in rows)
+    with conn.cursor() as cursor:
+        for chunk in _chunks(keys):
+            cursor.execute(f"SELECT {shape.columns} FROM {q(LimitKey._meta.db_table)} "
+                           f"WHERE {q('key')} IN ({', '.join(['%s'] * len(chunk))}) "
+                           f"ORDER BY {q('key')}{lock}", list(chunk))
+            locked.update((row.key, row) for row in raw.instances(LimitKey, cursor.fetchall(),
+                                                                  using))
     return locked
-
-
-def _for_update(rows: QuerySet, using: str, skip_locked: bool) -> QuerySet:
-    if not connections[using].features.has_select_for_update:
-        return rows  # SQLite: the transaction holds the write lock already
-    return rows.select_for_update(skip_locked=skip_locked)
 
 
 def _update_figures(locked: dict[str, LimitKey], figures: dict[str, limits.Need],
@@ -226,6 +231,11 @@ def _admit(locked: dict[str, LimitKey], using: str, now: dt.datetime) -> list[Ad
     if not locked:
         return []
     free, candidates = _candidates(locked, using, now)
+    crowded = _crowded(locked, candidates)
+    if crowded:  # read further where runs needing other keys may be held back
+        _, further = _candidates(crowded, using, now, extra=EXTRA_CANDIDATES)
+        candidates = sorted([c for c in candidates if c.key not in crowded] + further,
+                            key=lambda c: c.key)
     if not candidates:
         return []
     states = dict(locked)
@@ -257,6 +267,20 @@ def _admit(locked: dict[str, LimitKey], using: str, now: dt.datetime) -> list[Ad
     return admitted
 
 
+def _crowded(states: dict[str, LimitKey], candidates: Sequence[_Candidate]
+             ) -> dict[str, LimitKey]:
+    """Keys whose read stopped at their cap with a run among them that needs other keys:
+    one read for each key's first ``cap`` waiting runs is enough but where such a run is
+    held back by another key and a run behind it could start."""
+    read: dict[str, int] = {}
+    several: set[str] = set()
+    for candidate in candidates:
+        read[candidate.key] = read.get(candidate.key, 0) + 1
+        if candidate.needs > 1:
+            several.add(candidate.key)
+    return {key: states[key] for key in several if read[key] >= states[key].cap}
+
+
 def held_sql(conn: Any) -> str:
     """``<table> SET holding = true``: what :func:`hold` does, for a statement of the
     caller's (PostgreSQL writes the admitted runs and their rows in one)."""
@@ -271,11 +295,11 @@ def hold(run_ids: Sequence[int], using: str) -> None:
 
 
 def _candidates(states: dict[str, LimitKey], using: str, now: dt.datetime,
-                waiting: bool = True) -> tuple[dict[str, int], list[_Candidate]]:
-    """The free slots of each key and (``waiting``) the first waiting due runs of each
-    key with room, in priority then FIFO order per key, keys in order: one read per
-    chunk of keys (a UNION ALL of per-key index seeks; each key's row with a NULL run id
-    carries its holder count)."""
+                waiting: bool = True, extra: int = 0) -> tuple[dict[str, int], list[_Candidate]]:
+    """The free slots of each key and (``waiting``) the first ``cap + extra`` waiting due
+    runs of each key with room, in priority then FIFO order per key, keys in order: one
+    read per chunk of keys (a UNION ALL of per-key index seeks; each key's row with a
+    NULL run id carries its holder count)."""
     conn = connections[using]
     q = conn.ops.quote_name
     table = q(RunLimit._meta.db_table)
@@ -291,7 +315,7 @@ def _candidates(states: dict[str, LimitKey], using: str, now: dt.datetime,
                    f"AND {_holding_is(conn, False)} AND {q('due')} <= %s "
                    f"ORDER BY {q('priority')} DESC, {q('run_id')} LIMIT %s")
     for chunk in _chunks(sorted(states)):
-        limits_of = [states[key].cap + EXTRA_CANDIDATES for key in chunk]
+        limits_of = [states[key].cap + extra for key in chunk]
         if conn.vendor == "postgresql":  # one plan for any number of keys
             sql = (f"SELECT k.key, NULL::bigint, NULL::timestamptz, ({held_sql % 'k.key'}) "
                    "FROM unnest(%s::text[]) AS k(key)")

@@ -178,6 +178,14 @@ class Run(models.Model):
     def is_finished(self) -> bool:
         return self.status in TERMINAL
 
+    # What to_state() and an event's message read: a run loaded with only these (e.g. an
+    # admission's RETURNING) makes its event without a query.
+    STATE_FIELDS = ("id", "task_name", "status", "attempt", "max_attempts", "progress_current",
+                    "progress_total", "percent", "progress_message", "steps", "labels",
+                    "queue", "worker_id", "created_at", "started_at", "finished_at",
+                    "run_after", "rerun_of_id", "parent_id", "position", "result", "error",
+                    "error_type", "owner_id", "limited")
+
     def to_state(self) -> dict[str, Any]:
         """The public state of the run: what events carry and clients render."""
         state: dict[str, Any] = {

@@ -22,7 +22,7 @@ from django.db.models import DateTimeField, F, OuterRef, Q, QuerySet, Subquery
 from django.db.models.fields.json import KeyTransform
 from django.utils import timezone
 
-from . import admission, conf, events, executors, flows, limits, pauses
+from . import admission, conf, events, executors, flows, limits, pauses, raw
 from .models import Lease, Run, RunEvent, Schedule, Task, Worker
 from .registry import registry
 from .states import (
@@ -144,32 +144,38 @@ def _admit_rows(admitted: Sequence[admission.Admission], using: str) -> list[Run
     table = q(Run._meta.db_table)
     data = [{"x_id": a.run_id, "x_after": _json_datetime(a.run_after, conn), "x_message": a.message}
             for a in admitted]
-    if conn.vendor == "postgresql":
-        source = ("SELECT * FROM jsonb_to_recordset(%s::jsonb) "
-                  "AS r(x_id bigint, x_after timestamptz, x_message text)")
-    else:
-        source = ("SELECT json_extract(value, '$.x_id') AS x_id, json_extract(value, '$.x_after') "
-                  "AS x_after, json_extract(value, '$.x_message') AS x_message FROM json_each(%s)")
-    columns = ", ".join(f"{table}.{column}" for column in _run_columns(conn).split(", ")) \
-        if conn.vendor == "postgresql" else _run_columns(conn)
     statuses = ", ".join(f"'{status}'" for status in sorted(CLAIMABLE))
-    lockable = (f"SELECT {q('id')} FROM {table} WHERE {q('id')} IN "
-                f"({', '.join(['%s'] * len(admitted))}) AND {q('status')} IN ({statuses}) "
-                f"AND {q('run_after')} = %s")
-    if conn.features.has_select_for_update_skip_locked:
-        lockable += " FOR UPDATE SKIP LOCKED"
-    sql = (f"UPDATE {table} SET {q('run_after')} = x.x_after, "
-           f"{q('progress_message')} = x.x_message, {q('updated_at')} = %s "
-           f"FROM ({source}) AS x WHERE {table}.{q('id')} = x.x_id "
-           f"AND {table}.{q('id')} IN ({lockable}) RETURNING {columns}")
+    sets = (f"{q('run_after')} = x.x_after, {q('progress_message')} = x.x_message, "
+            f"{q('updated_at')} = %s")
+    now, waiting = _prep_datetime(timezone.now(), conn), _prep_datetime(admission.WAITING_UNTIL, conn)
+    # Only what their events read (their other columns stay deferred).
+    shape = raw.shape(Run, using, Run.STATE_FIELDS)
     if conn.vendor == "postgresql":  # and their keys are held, in one statement
-        sql = (f"WITH admitted AS ({sql}), held AS (UPDATE {admission.held_sql(conn)} "
+        columns = ", ".join(f"{table}.{column}" for column in shape.columns.split(", "))
+        lockable = (f"SELECT {q('id')} FROM {table} WHERE {q('id')} IN "
+                    f"({', '.join(['%s'] * len(admitted))}) AND {q('status')} IN ({statuses}) "
+                    f"AND {q('run_after')} = %s FOR UPDATE SKIP LOCKED")
+        sql = (f"WITH admitted AS (UPDATE {table} SET {sets} "
+               "FROM jsonb_to_recordset(%s::jsonb) AS x(x_id bigint, x_after timestamptz, "
+               f"x_message text) WHERE {table}.{q('id')} = x.x_id "
+               f"AND {table}.{q('id')} IN ({lockable}) RETURNING {columns}), "
+               f"held AS (UPDATE {admission.held_sql(conn)} "
                f"WHERE {q('run_id')} IN (SELECT {q('id')} FROM admitted)) SELECT * FROM admitted")
-    params = [_prep_datetime(timezone.now(), conn), _json_param(data),
-              *[a.run_id for a in admitted], _prep_datetime(admission.WAITING_UNTIL, conn)]
+        params = [now, _json_param(data), *[a.run_id for a in admitted], waiting]
+    else:
+        # SQLite serializes writers (no row to skip). The admissions are materialized
+        # first so that they drive the join (one primary-key seek each): joined as they
+        # stand, SQLite re-read the whole JSON array for every run, O(n²) per settle.
+        sql = ("WITH x AS MATERIALIZED (SELECT json_extract(value, '$.x_id') AS x_id, "
+               "json_extract(value, '$.x_after') AS x_after, "
+               "json_extract(value, '$.x_message') AS x_message FROM json_each(%s)) "
+               f"UPDATE {table} SET {sets} FROM x WHERE {table}.{q('id')} = x.x_id "
+               f"AND {q('status')} IN ({statuses}) AND {q('run_after')} = %s "
+               f"RETURNING {shape.columns}")
+        params = [_json_param(data), now, waiting]
     with conn.cursor() as cursor:
         cursor.execute(sql, params)
-        return _runs_from_rows(cursor.fetchall(), using)
+        return raw.instances(Run, cursor.fetchall(), using, Run.STATE_FIELDS)
 
 
 def sweep_limits() -> int:
@@ -845,12 +851,14 @@ def settle(
         # A run begun at its claim counts as a rate start.
         admitted += _follow_limits(claimed, using, quiet=True)
         # One INSERT for every event (admissions and outcomes first: they happened first).
+        # An admitted run this claim took needs no progress event: its claim's status
+        # event, in the same INSERT, carries its state after the admission.
+        taken = {run.pk for run in claimed}
+        admitted = [run for run in admitted if run.pk not in taken]
         _save_events([*((run, "progress") for run in admitted),
                       *((run, "status") for run in [*finished, *claimed])], using, follow_limits=False)
-        if admitted:  # wake other workers for what this claim did not take
-            taken = {run.pk for run in claimed}
-            admission.notify((run for run in admitted if run.pk not in taken), using,
-                             NOTIFY_CHANNEL)
+        # Wake other workers for what this claim did not take.
+        admission.notify(admitted, using, NOTIFY_CHANNEL)
     return finished, claimed
 
 
@@ -1121,38 +1129,11 @@ def _claim_selected(
 
 
 def _run_columns(conn: Any) -> str:
-    return _run_row_shape(conn.alias)[0]
+    return raw.shape(Run, conn.alias).columns
 
 
-@functools.cache
-def _run_row_shape(alias: str) -> tuple[str, list[str], list[tuple[int, Any, list[Any]]]]:
-    """For rows of every ``Run`` column: the column list, the attribute names and the
-    ORM's converters per column (JSON, datetimes), worked out once per database."""
-    conn = connections[alias]
-    fields = Run._meta.concrete_fields
-    converters = []
-    for index, model_field in enumerate(fields):
-        col = model_field.get_col(Run._meta.db_table)
-        found = conn.ops.get_db_converters(col) + model_field.get_db_converters(conn)
-        if found:
-            converters.append((index, col, found))
-    columns = ", ".join(conn.ops.quote_name(f.column) for f in fields)
-    return columns, [f.attname for f in fields], converters
-
-
-def _runs_from_rows(rows: Iterable[Sequence[Any]], using: str) -> list[Run]:
-    """``Run`` instances from rows of :func:`_run_columns`, converted the way the ORM
-    converts them but without a queryset's per-row machinery."""
-    conn = connections[using]
-    _, attnames, converters = _run_row_shape(using)
-    runs = []
-    for row in rows:
-        values = list(row)
-        for index, col, found in converters:
-            for convert in found:
-                values[index] = convert(values[index], col, conn)
-        runs.append(Run.from_db(using, attnames, values))
-    return runs
+def _runs_from_rows(found: Iterable[Sequence[Any]], using: str) -> list[Run]:
+    return raw.instances(Run, found, using)
 
 
 def take_hand_overs(executor: str, retry_after: float, limit: int,

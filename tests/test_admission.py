@@ -65,6 +65,29 @@ def test_a_finished_run_admits_the_next_one_in_the_same_transaction_with_an_even
     assert [r.pk for r in store.claim("w2", None, 10)] == [run.pk]
 
 
+def test_an_admitted_run_the_same_settle_claims_gets_its_claim_event_only():
+    first, second = (tasks_live.start("exclusive", key="k") for _ in range(2))
+    [held] = store.claim("w1", None, 10)
+    assert held.pk == first.pk
+    _, claimed = store.settle([store.Outcome(held.pk, Status.COMPLETED, {}, run=held)],
+                              "w1", None, 10)
+    assert [r.pk for r in claimed] == [second.pk] and claimed[0].progress_message == ""
+    events = RunEvent.objects.filter(run_id=second.pk).order_by("id")
+    assert [(e.kind, e.data["status"]) for e in events] == [("created", "pending"),
+                                                            ("status", "claimed")]
+    assert events.last().data["progress"]["message"] == ""
+
+
+def test_a_run_held_back_by_its_other_key_lets_the_run_behind_it_start():
+    holder = tasks_live.start("site-one", key="k")
+    tasks_live.start("site-wide", key="elsewhere")  # takes the whole group's one slot
+    blocked = tasks_live.start("site-wide", key="k")  # first in line for k, group full
+    behind = tasks_live.start("site-one", key="k")
+    claimed = {r.pk: r for r in store.claim("w1", None, 10)}
+    finish([claimed[holder.pk]])
+    assert not admitted(blocked) and admitted(behind)
+
+
 def test_priority_then_fifo_order_per_key():
     holder = tasks_live.start("exclusive", key="k")
     low = tasks_live.start("exclusive", key="k")

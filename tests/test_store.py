@@ -45,6 +45,17 @@ def test_create_runs_inserts_pending_runs_with_a_created_event():
     assert event.data["status"] == "pending" and event.data["task"] == "noop"
 
 
+def test_a_run_loaded_with_its_state_fields_only_makes_its_event_without_a_query(
+        django_assert_num_queries):
+    full = new(labels={"tenant": "acme"})
+    [partial] = Run.objects.filter(pk=full.pk).only(*Run.STATE_FIELDS)
+    with django_assert_num_queries(0):
+        state = partial.to_state()
+        message = events.message(1, "progress", state, partial.owner_id)
+        flags = (partial.limited, partial.parent_id)
+    assert state == full.to_state() and message["run"] == state and flags == (0, None)
+
+
 def test_create_run_once_respects_the_active_unique_key():
     first = store.create_run_once(store.NewRun(task_name="noop", unique_key="k"))
     assert first is not None

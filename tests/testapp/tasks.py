@@ -421,3 +421,8 @@ rated = task("rated", limits=[limits.Rate(2, per=1.0, key="{key}")])(_spanned("r
 cooled = task("cooled", limits=[limits.Cooldown(0.3, key="{key}")])(_spanned("cooled"))
 both = task("both", limits=[limits.Concurrency(1, key="{key}"),
                             limits.Concurrency(2, group="both-all")])(_spanned("both"))
+# Two tasks sharing one per-site key; only "site-wide" also needs the whole group's slot.
+site_wide = task("site-wide", limits=[limits.Concurrency(1, key="{key}", group="site"),
+                                      limits.Concurrency(1, group="site-all")])(_spanned("site"))
+site_one = task("site-one", limits=[limits.Concurrency(1, key="{key}", group="site")])(
+    _spanned("site"))

@@ -1,0 +1,54 @@
+"""Model instances from raw rows, converted the way the ORM converts them but without a
+queryset's per-row machinery: for the hot paths that read or write rows in raw SQL
+(a claim's or an admission's ``RETURNING``, a key lock's ``FOR UPDATE``)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connections
+from django.db.models import Model
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Every concrete column of a model: as a SELECT list, their attribute names, and the
+    ORM's converters (JSON, datetimes) by column index."""
+
+    columns: str
+    attnames: list[str]
+    converters: list[tuple[int, Any, list[Any]]]
+
+
+@functools.cache
+def shape(model: type[Model], alias: str, names: tuple[str, ...] | None = None) -> Shape:
+    """The :class:`Shape` of ``model`` on database ``alias`` (only the fields ``names``,
+    by attribute name, if given: the others are deferred), worked out once."""
+    conn = connections[alias]
+    fields = [f for f in model._meta.concrete_fields if names is None or f.attname in names]
+    converters = []
+    for index, model_field in enumerate(fields):
+        col = model_field.get_col(model._meta.db_table)
+        found = conn.ops.get_db_converters(col) + model_field.get_db_converters(conn)
+        if found:
+            converters.append((index, col, found))
+    columns = ", ".join(conn.ops.quote_name(f.column) for f in fields)
+    return Shape(columns, [f.attname for f in fields], converters)
+
+
+def instances[M: Model](model: type[M], rows: Iterable[Sequence[Any]], using: str,
+                        names: tuple[str, ...] | None = None) -> list[M]:
+    """``model`` instances from rows of ``shape(model, using, names).columns``."""
+    conn = connections[using]
+    found = shape(model, using, names)
+    out = []
+    for row in rows:
+        values = list(row)
+        for index, col, converters in found.converters:
+            for convert in converters:
+                values[index] = convert(values[index], col, conn)
+        out.append(model.from_db(using, found.attnames, values))
+    return out
