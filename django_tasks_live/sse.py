@@ -21,6 +21,7 @@ import contextlib
 import logging
 import time
 import types
+from collections.abc import Iterator
 from typing import Any
 
 from channels.consumer import get_handler_name
@@ -298,9 +299,12 @@ class Stream:
             evs = await fanout.db(store.events_after)(
                 self.cursor, runs, CATCH_UP_BATCH, until=until, with_owner=True
             )
-            items = [fanout.item_from_event(ev) for ev in evs]
-            await self.flush([item.frame for item in items if self.visible(item)])
-            self.cursor = until if len(evs) < CATCH_UP_BATCH else evs[-1].pk
+            frames = [item.frame for item in map(fanout.item_from_event, evs)
+                      if self.visible(item)]
+            after = until if len(evs) < CATCH_UP_BATCH else evs[-1].pk
+            del evs  # a stalled send holds only the frames, not the rows they came from
+            await self.flush(frames)
+            self.cursor = after
 
     def visible(self, item: Item) -> bool:
         if item.event_id is not None and item.event_id <= self.skip.get(item.run_id, 0):
@@ -317,21 +321,22 @@ class Stream:
             self.mailbox.idle_since = time.monotonic()
 
 
-def _joined(frames: list[bytes], limit: int) -> list[bytes]:
+def _joined(frames: list[bytes], limit: int) -> Iterator[bytes]:
     """``frames`` as few writes, each the join of neighbours up to ``limit`` bytes (a
-    single frame is passed on as it is: ``b"".join`` of one returns it, uncopied)."""
-    chunks: list[bytes] = []
+    single frame is passed on as it is: ``b"".join`` of one returns it, uncopied).
+
+    Joined one write at a time: a send that waits on a stalled client holds one joined
+    copy, not a copy of everything it was handed (a round of a burst, per stream)."""
     run: list[bytes] = []
     size = 0
     for frame in frames:
         if run and size + len(frame) > limit:
-            chunks.append(b"".join(run))
+            yield b"".join(run)
             run, size = [], 0
         run.append(frame)
         size += len(frame)
     if run:
-        chunks.append(b"".join(run))
-    return chunks
+        yield b"".join(run)
 
 
 @types.coroutine

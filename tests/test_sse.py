@@ -245,6 +245,42 @@ def test_a_stream_takes_a_round_directly_only_while_idle_and_caught_up():
     asyncio.run(scenario())
 
 
+def test_a_send_stalled_on_its_client_holds_one_joined_write_not_a_copy_of_the_round():
+    import tracemalloc
+    pad = "x" * 900
+    items = [fanout.item_from_message(events.message(
+        n, "status", {"id": n, "task": "t", "status": "running", "progress": {"message": pad}}))
+        for n in range(1, 2001)]  # ~2 MB of frames: a round of a burst
+
+    async def scenario():
+        client_reads = asyncio.get_running_loop().create_future()  # never: a stalled client
+        sent: list[int] = []
+
+        async def send(body: bytes, more_body: bool) -> None:
+            sent.append(len(body))
+            await client_reads
+
+        box = Mailbox(10_000)
+        query, _ = sse_query.parse(b"")
+        stream = Stream(send, Hub(), box, query, Access())
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            assert stream.push(items)
+            held = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        assert stream.unfinished is not None  # the first write waits on the client
+        assert len(sent) == 1 and sent[0] <= sse.JOIN_LIMIT
+        # The round's frames are shared by every stream; this one holds a write's worth.
+        assert held < 2 * sse.JOIN_LIMIT, held
+        stream.unfinished.close()
+        client_reads.cancel()
+        box.direct = None
+
+    asyncio.run(scenario())
+
+
 # ---------------------------------------------------------------- the consumer over ASGI
 
 
