@@ -2,7 +2,8 @@
 every entry point (the Python API, ``django.tasks`` ``enqueue``, the start endpoint's
 JSON and form bodies, the admin, schedules).
 
-``validate(task, args, kwargs)`` is the public function: it raises
+``validate(spec, args, kwargs)`` is the public function (``spec``: a registered task,
+``registry.get(name)``; this module imports nothing of the registry): it raises
 :class:`ArgumentError` (a ``TypeError``) whose text names the parameter, what it
 expected and what it got, and returns the arguments as the JSON that is stored
 (enum members become their values, dataclass and pydantic instances become
@@ -30,18 +31,22 @@ import sys
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .jsonvalues import ensure_json
-
-if TYPE_CHECKING:
-    from .registry import TaskSpec
 
 __all__ = ["ArgumentError", "for_handler", "from_form", "validate"]
 
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 _MISSING = object()
+
+
+class Handler(Protocol):
+    """What the validator reads of a task (a ``registry.TaskSpec``)."""
+
+    name: str
+    func: Callable[..., Any]
 
 
 class ArgumentError(TypeError):
@@ -442,26 +447,17 @@ def _plan(func: Callable[..., Any]) -> _Plan:
     return _Plan(signature, positional, var_positional, keyword, var_keyword, rebuilds)
 
 
-def _spec(task: TaskSpec | str) -> TaskSpec:
-    if isinstance(task, str):
-        from .registry import registry
-
-        return registry.get(task)
-    return task
-
-
 def validate(
-    task: TaskSpec | str, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None
+    spec: Handler, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None
 ) -> tuple[list[Any], dict[str, Any]]:
-    """Check a call of ``task`` (a registered name or a TaskSpec) before it is queued;
+    """Check a call of the task ``spec`` (``registry.get(name)``) before it is queued;
     returns ``(args, kwargs)`` as the JSON to store.
 
     Raises :class:`ArgumentError`: ``Bad arguments for task 'add': parameter 'a'
     expected int, got 'x' (str).`` (or the signature's own complaint, e.g. a missing
     argument), ``TypeError`` from :func:`jsonvalues.ensure_json` for a value JSON
-    cannot hold, ``UnknownTask`` for an unknown name.
+    cannot hold.
     """
-    spec = _spec(task)
     kwargs = {} if kwargs is None else kwargs
     if isinstance(args, str | bytes) or not isinstance(args, Sequence):
         raise ArgumentError(spec.name, f"args must be a list, got {_show(args)}.")
@@ -489,7 +485,7 @@ def validate(
 
 
 def for_handler(
-    spec: TaskSpec, args: Sequence[Any], kwargs: Mapping[str, Any]
+    spec: Handler, args: Sequence[Any], kwargs: Mapping[str, Any]
 ) -> tuple[list[Any], dict[str, Any]]:
     """Stored JSON arguments as the handler's annotations ask for them: enum members,
     dataclass and pydantic instances, tuples (everything else is passed as stored).
@@ -505,13 +501,12 @@ def for_handler(
 # ---------------------------------------------------------------- form fields
 
 
-def from_form(task: TaskSpec | str, name: str, values: Sequence[str]) -> Any:
+def from_form(spec: Handler, name: str, values: Sequence[str]) -> Any:
     """Form field ``name``'s text values as the value its parameter's annotation asks
     for (``"5"`` for an int is 5, ``"on"`` for a bool is True, JSON text for a list,
     dict, dataclass or model; several values make a list). Text that does not convert
     is returned as it is, so :func:`validate` then reports it in the usual words.
     An unannotated parameter takes the type of its default (int, float or bool)."""
-    spec = _spec(task)
     plan = _plan(spec.func)
     param = plan.signature.parameters.get(name)
     kind = plan.keyword.get(name, plan.var_keyword or _ANY)

@@ -181,7 +181,7 @@ def check_executors(app_configs: Any = None, **kwargs: Any) -> list[checks.Check
     from django.apps import apps
 
     from .conf import get
-    from .executors import DJANGO_Q, NAMES
+    from .engines import DJANGO_Q, NAMES
     from .registry import registry
 
     errors: list[checks.CheckMessage] = []

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import limits as limits_module
+from .arguments import validate
 from .cron import validate_cron, validate_timezone
+from .engines import check_name
 from .uniqueness import UniqueRule, rule
 
 BACKOFFS = ("fixed", "linear", "exponential")
@@ -93,8 +95,6 @@ class TaskSpec:
     def check_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
         """Raise ``TypeError`` (:class:`arguments.ArgumentError`) if the handler does not
         take these arguments: its signature and annotations (:func:`arguments.validate`)."""
-        from .arguments import validate
-
         validate(self, args, kwargs)
 
 
@@ -241,8 +241,6 @@ def task(
                         f"(ctx, *args, **kwargs), got {should_execute!r}.")
     declared_limits = limits_module.declared(limits)
     if executor is not None:
-        from .executors import check_name
-
         check_name(executor, "executor")
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:

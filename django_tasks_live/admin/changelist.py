@@ -216,7 +216,7 @@ class ExecutorFilter(admin.SimpleListFilter):
     parameter_name = "executor__exact"  # the URL a field filter had
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        from ..executors import NAMES
+        from ..engines import NAMES
 
         return [(name, name) for name in NAMES]
 

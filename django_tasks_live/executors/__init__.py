@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from django.db import transaction
 
 from .. import conf
+from ..engines import BUILTIN, DJANGO_Q, NAMES, check_name
 from ..registry import registry
 
 if TYPE_CHECKING:
@@ -23,16 +24,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-BUILTIN = "builtin"
-DJANGO_Q = "django_q"
-NAMES = (BUILTIN, DJANGO_Q)
-
-
-def check_name(value: Any, what: str) -> str:
-    """``value`` if it names an engine, else a ``ValueError`` that lists them."""
-    if value not in NAMES:
-        raise ValueError(f"{what} must be one of {', '.join(map(repr, NAMES))}, got {value!r}.")
-    return value
+__all__ = ["BUILTIN", "DJANGO_Q", "NAMES", "after_create", "check_name", "choose"]
 
 
 def choose(task_name: str, queue: str) -> str:
