@@ -18,6 +18,9 @@ NEVER = {
     "models": {"api", "store", "views", "admin"},
     "states": {"*"},
     "cron": {"*"},
+    "jsonvalues": {"*"},
+    "uniqueness": {"*"},
+    "limits": {"registry", "api", "models", "store", "admission"},
 }
 
 
