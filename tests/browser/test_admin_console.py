@@ -170,8 +170,13 @@ def test_run_page_cancel_rerun_and_rerun_with_arguments(site, admin_session, bro
     changed = orm(lambda: store.runs().filter(rerun_of=run.pk).order_by("-id").first())
     assert changed.kwargs == {"seconds": 0.1, "cooperative": False}
     assert f"/{changed.pk}/change/" in page.url
-    # Live: the page follows the short rerun to its end.
+    # Live: the page follows the short rerun to its end, then reloads (300 ms later) with
+    # the finished run's buttons; the screenshot waits for that page (one taken during the
+    # reload fails: "Unable to capture screenshot").
     page.locator('[data-tl-field=status]:text("Completed")').wait_for(timeout=30_000)
+    page.locator("[data-tl-button=rerun]").wait_for(timeout=10_000)
+    page.wait_for_load_state("load")
+    assert page.locator("[data-tl-button=cancel]").count() == 0
     page.screenshot(path=str(tmp_path / "run-page-rerun.png"), full_page=True)
 
 
