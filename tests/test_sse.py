@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -246,7 +247,6 @@ def test_a_stream_takes_a_round_directly_only_while_idle_and_caught_up():
 
 
 def test_a_send_stalled_on_its_client_holds_one_joined_write_not_a_copy_of_the_round():
-    import tracemalloc
     pad = "x" * 900
     items = [fanout.item_from_message(events.message(
         n, "status", {"id": n, "task": "t", "status": "running", "progress": {"message": pad}}))

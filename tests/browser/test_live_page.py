@@ -19,6 +19,7 @@ from django.test import Client
 import django_tasks_live as tasks_live
 from django_tasks_live import store
 from django_tasks_live.models import Schedule
+from django_tasks_live.registry import registry
 from django_tasks_live.states import Status
 from tests.support.processes import children, daphne_args, free_port, wait_until, worker_args
 from tests.support.users import operator
@@ -68,11 +69,11 @@ def listening(port: int) -> bool:
 def site(tmp_path):
     """``spawn``, the port and a ``start_daphne()`` that (re)starts daphne on that port."""
     port = free_port()
-    # The test app's every-minute schedule, disabled as in the admin (the worker's sync
-    # leaves that alone): a run it fired in the middle of a test changed the counts and
-    # run lists the browser tests read, whenever a test spanned a minute boundary.
-    orm(Schedule.objects.create, name="code:every-minute", task_name="every-minute",
-        cron="* * * * *", from_code=True, enabled=False)
+    # The test app's code schedules (every-minute), synced and disabled as in the admin
+    # (the worker's sync leaves that alone): a run one fired in the middle of a test
+    # changed the counts and run lists the browser tests read.
+    orm(store.sync_code_schedules, registry)
+    orm(lambda: Schedule.objects.filter(from_code=True).update(enabled=False))
     with children(tmp_path) as spawn:
         def start_daphne():
             daphne = spawn(daphne_args(port))
