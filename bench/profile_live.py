@@ -80,10 +80,12 @@ def main() -> None:
           f"wall {wall:.1f} s incl. start-up ({args.n / wall:.0f} runs/s), "
           f"CPU {cpu * 1000 / args.n:.2f} ms per run (all worker processes, incl. start-up)")
     for role, counts in totals.items():
-        total = sum(counts.values())
-        print(f"\n{role}: {total / args.n:.2f} statements per run")
+        seconds = {kind[:-2]: value for kind, value in counts.items() if kind.endswith(" s")}
+        counts = Counter({kind: n for kind, n in counts.items() if not kind.endswith(" s")})
+        print(f"\n{role}: {sum(counts.values()) / args.n:.2f} statements per run, "
+              f"{sum(seconds.values()) * 1e6 / args.n:.0f} µs in them per run")
         for kind, count in counts.most_common():
-            print(f"  {count / args.n:6.3f}  {kind}")
+            print(f"  {count / args.n:6.3f}  {seconds.get(kind, 0) * 1e6 / args.n:6.1f} µs  {kind}")
 
 
 def _supervisor_pid(output: str) -> int | None:

@@ -1,6 +1,7 @@
 """Count SQL statements per process (profiling aid, enabled by ``BENCH_QUERY_LOG=<dir>``).
 
-Each process writes ``<dir>/<pid>.json``: statement kind → count, e.g. ``"UPDATE tl_run"``.
+Each process writes ``<dir>/<pid>.json``: statement kind → count, e.g. ``"UPDATE tl_run"``,
+and ``"<kind> s"`` → seconds spent in those statements (round trip and server time).
 Written every 50 statements and at exit, since spawned executors leave with ``os._exit``.
 """
 
@@ -10,11 +11,13 @@ import atexit
 import json
 import os
 import re
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 _counts: Counter[str] = Counter()
+_seconds: Counter[str] = Counter()
 _pid = 0
 _TABLE = re.compile(r'(?:FROM|INTO|UPDATE)\s+"?(\w+)"?', re.IGNORECASE)
 
@@ -30,14 +33,20 @@ def _kind(sql: str) -> str:
 def _dump() -> None:
     directory = os.environ.get("BENCH_QUERY_LOG")
     if directory and _counts:
-        Path(directory, f"{os.getpid()}.json").write_text(json.dumps(_counts))
+        timed = {f"{kind} s": seconds for kind, seconds in _seconds.items()}
+        Path(directory, f"{os.getpid()}.json").write_text(json.dumps({**_counts, **timed}))
 
 
 def _wrapper(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
-    _counts[_kind(sql)] += 1
-    if sum(_counts.values()) % 50 == 0:
+    kind = _kind(sql)
+    _counts[kind] += 1
+    if _counts[kind] % 50 == 0:
         _dump()
-    return execute(sql, params, many, context)
+    started = time.perf_counter()
+    try:
+        return execute(sql, params, many, context)
+    finally:
+        _seconds[kind] += time.perf_counter() - started
 
 
 def install(sender: Any, connection: Any, **kwargs: Any) -> None:
@@ -46,6 +55,7 @@ def install(sender: Any, connection: Any, **kwargs: Any) -> None:
     if _pid != os.getpid():
         _pid = os.getpid()
         _counts.clear()
+        _seconds.clear()
         atexit.register(_dump)
     if _wrapper not in connection.execute_wrappers:
         connection.execute_wrappers.append(_wrapper)

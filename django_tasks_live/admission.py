@@ -38,6 +38,8 @@ WAITING_UNTIL = dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
 # Waiting rows read per key beyond its cap when runs of it need other keys too (those
 # keys may hold them back, and the runs behind them may start instead).
 EXTRA_CANDIDATES = 8
+# Keys per statement on SQLite, whose compound SELECTs stop at 500 terms (PostgreSQL
+# reads any number in one statement: arrays, one plan).
 KEYS_PER_READ = 100
 WAITING, HOLDING = "tl_limit_waiting", "tl_limit_holding"  # see RunLimit.Meta.indexes
 # Booleans as the partial indexes spell them (SQLite uses one only when the query's
@@ -142,17 +144,28 @@ def _delete_rows(ended: Sequence[int], began: Sequence[int], using: str
     statement; returns them as (run id, key, holding)."""
     conn = connections[using]
     q = conn.ops.quote_name
-    where, params = [], []
-    if ended:
-        where.append(f"{q('run_id')} IN ({', '.join(['%s'] * len(ended))})")
-        params += ended
-    if began:
-        where.append(f"({q('run_id')} IN ({', '.join(['%s'] * len(began))}) "
-                     f"AND {q('key')} LIKE 'r:%%')")
-        params += began
+    table = q(RunLimit._meta.db_table)
+    returning = f"RETURNING {q('run_id')}, {q('key')}, {q('holding')}"
+    if conn.vendor == "postgresql":
+        # One seek per run (OFFSET 0 keeps the planner from turning them into a scan of
+        # the table: it rarely knows how many rows it holds), then by primary key.
+        sql = (f"DELETE FROM {table} WHERE {q('id')} = ANY(ARRAY(SELECT l.id FROM "
+               "unnest(%s::bigint[], %s::bool[]) AS a(run_id, rate_only) CROSS JOIN LATERAL "
+               f"(SELECT {q('id')} FROM {table} WHERE {q('run_id')} = a.run_id AND "
+               f"(NOT a.rate_only OR {q('key')} LIKE 'r:%%') OFFSET 0) AS l)) {returning}")
+        params: list[Any] = [[*ended, *began], [False] * len(ended) + [True] * len(began)]
+    else:
+        where, params = [], []
+        if ended:
+            where.append(f"{q('run_id')} IN ({', '.join(['%s'] * len(ended))})")
+            params += ended
+        if began:
+            where.append(f"({q('run_id')} IN ({', '.join(['%s'] * len(began))}) "
+                         f"AND {q('key')} LIKE 'r:%%')")
+            params += began
+        sql = f"DELETE FROM {table} WHERE {' OR '.join(where)} {returning}"
     with conn.cursor() as cursor:
-        cursor.execute(f"DELETE FROM {q(RunLimit._meta.db_table)} WHERE {' OR '.join(where)} "
-                       f"RETURNING {q('run_id')}, {q('key')}, {q('holding')}", params)
+        cursor.execute(sql, params)
         return [(run_id, key, bool(holding)) for run_id, key, holding in cursor.fetchall()]
 
 
@@ -174,7 +187,7 @@ def has_waiting(using: str) -> bool:
 
 
 def _lock(keys: Sequence[str], using: str, skip_locked: bool = False) -> dict[str, LimitKey]:
-    """The keys' rows, locked in key order until the transaction ends (SQLite: the
+    """The keys' rows, locked in ``keys`` order (sorted) until the transaction ends (SQLite: the
     transaction holds the write lock already). Raw SQL: a settle locks a key per run it
     ends, and the ORM took longer to build this read than the database to answer it."""
     conn = connections[using]
@@ -183,12 +196,20 @@ def _lock(keys: Sequence[str], using: str, skip_locked: bool = False) -> dict[st
     lock = ""
     if conn.features.has_select_for_update:
         lock = " FOR UPDATE SKIP LOCKED" if skip_locked else " FOR UPDATE"
+    table = q(LimitKey._meta.db_table)
     locked: dict[str, LimitKey] = {}
     with conn.cursor() as cursor:
-        for chunk in _chunks(keys):
-            cursor.execute(f"SELECT {shape.columns} FROM {q(LimitKey._meta.db_table)} "
-                           f"WHERE {q('key')} IN ({', '.join(['%s'] * len(chunk))}) "
-                           f"ORDER BY {q('key')}{lock}", list(chunk))
+        for chunk in _chunks(keys, conn):
+            if conn.vendor == "postgresql":
+                # One seek per key, locked in the order given (sorted): a lateral subquery
+                # that locks is not flattened, so the planner cannot pick a scan instead.
+                cursor.execute(f"SELECT l.* FROM unnest(%s::text[]) AS k(key) CROSS JOIN "
+                               f"LATERAL (SELECT {shape.columns} FROM {table} "
+                               f"WHERE {q('key')} = k.key{lock}) AS l", [list(chunk)])
+            else:
+                cursor.execute(f"SELECT {shape.columns} FROM {table} "
+                               f"WHERE {q('key')} IN ({', '.join(['%s'] * len(chunk))}) "
+                               f"ORDER BY {q('key')}{lock}", list(chunk))
             locked.update((row.key, row) for row in raw.instances(LimitKey, cursor.fetchall(),
                                                                   using))
     return locked
@@ -204,7 +225,10 @@ def _update_figures(locked: dict[str, LimitKey], figures: dict[str, limits.Need]
             state.save(using=using, update_fields=["cap", "rate", "window"])
 
 
-def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
+def _chunks(items: Sequence[str], conn: Any) -> Iterable[Sequence[str]]:
+    if conn.vendor == "postgresql":
+        yield items
+        return
     for start in range(0, len(items), KEYS_PER_READ):
         yield items[start:start + KEYS_PER_READ]
 
@@ -314,7 +338,7 @@ def _candidates(states: dict[str, LimitKey], using: str, now: dt.datetime,
                    f"FROM {table}{_index(conn, WAITING)} WHERE {q('key')} = %s "
                    f"AND {_holding_is(conn, False)} AND {q('due')} <= %s "
                    f"ORDER BY {q('priority')} DESC, {q('run_id')} LIMIT %s")
-    for chunk in _chunks(sorted(states)):
+    for chunk in _chunks(sorted(states), conn):
         limits_of = [states[key].cap + extra for key in chunk]
         if conn.vendor == "postgresql":  # one plan for any number of keys
             sql = (f"SELECT k.key, NULL::bigint, NULL::timestamptz, ({held_sql % 'k.key'}) "

@@ -268,7 +268,10 @@ class RunLimit(models.Model):
     admission until the run ends; a rate key's until the run starts)."""
 
     id = models.BigAutoField(primary_key=True)
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="limit_rows")
+    # No index of its own: tl_limit_run_key (run, key) serves lookups by run, and every
+    # index here is written at admission and at the end of every limited run.
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="limit_rows",
+                            db_index=False)
     key = models.CharField(max_length=200)
     holding = models.BooleanField(default=False)
     priority = models.IntegerField(default=0)  # the run's: waiting rows go in claim order

@@ -152,16 +152,20 @@ def _admit_rows(admitted: Sequence[admission.Admission], using: str) -> list[Run
     shape = raw.shape(Run, using, Run.STATE_FIELDS)
     if conn.vendor == "postgresql":  # and their keys are held, in one statement
         columns = ", ".join(f"{table}.{column}" for column in shape.columns.split(", "))
-        lockable = (f"SELECT {q('id')} FROM {table} WHERE {q('id')} IN "
-                    f"({', '.join(['%s'] * len(admitted))}) AND {q('status')} IN ({statuses}) "
-                    f"AND {q('run_after')} = %s FOR UPDATE SKIP LOCKED")
-        sql = (f"WITH admitted AS (UPDATE {table} SET {sets} "
+        # The rows are locked one primary-key seek each, and the waiting checks read the
+        # locked rows: written on the table, those checks made the planner (which rarely
+        # knows how many runs wait) scan the claim index for the ids, or the whole table.
+        sql = ("WITH locked AS (SELECT r.* FROM unnest(%s::bigint[]) AS a(id) CROSS JOIN "
+               f"LATERAL (SELECT {q('id')}, {q('status')}, {q('run_after')} FROM {table} "
+               f"WHERE {q('id')} = a.id FOR UPDATE SKIP LOCKED) AS r), "
+               f"admitted AS (UPDATE {table} SET {sets} "
                "FROM jsonb_to_recordset(%s::jsonb) AS x(x_id bigint, x_after timestamptz, "
-               f"x_message text) WHERE {table}.{q('id')} = x.x_id "
-               f"AND {table}.{q('id')} IN ({lockable}) RETURNING {columns}), "
+               f"x_message text), locked WHERE {table}.{q('id')} = x.x_id "
+               f"AND locked.{q('id')} = x.x_id AND locked.{q('status')} IN ({statuses}) "
+               f"AND locked.{q('run_after')} = %s RETURNING {columns}), "
                f"held AS (UPDATE {admission.held_sql(conn)} "
                f"WHERE {q('run_id')} IN (SELECT {q('id')} FROM admitted)) SELECT * FROM admitted")
-        params = [now, _json_param(data), *[a.run_id for a in admitted], waiting]
+        params = [[a.run_id for a in admitted], now, _json_param(data), waiting]
     else:
         # SQLite serializes writers (no row to skip). The admissions are materialized
         # first so that they drive the join (one primary-key seek each): joined as they
