@@ -22,6 +22,7 @@ writers at BEGIN), then takes the candidates' run rows and any other key they ne
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,9 +39,8 @@ WAITING_UNTIL = dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
 # Waiting rows read per key beyond its cap when runs of it need other keys too (those
 # keys may hold them back, and the runs behind them may start instead).
 EXTRA_CANDIDATES = 8
-# Keys per statement on SQLite, whose compound SELECTs stop at 500 terms (PostgreSQL
-# reads any number in one statement: arrays, one plan).
-KEYS_PER_READ = 100
+# Keys with waiting runs one sweep looks at.
+SWEEP_KEYS = 100
 WAITING, HOLDING = "tl_limit_waiting", "tl_limit_holding"  # see RunLimit.Meta.indexes
 # Booleans as the partial indexes spell them (SQLite uses one only when the query's
 # WHERE visibly implies the index's).
@@ -169,7 +169,7 @@ def _delete_rows(ended: Sequence[int], began: Sequence[int], using: str
         return [(run_id, key, bool(holding)) for run_id, key, holding in cursor.fetchall()]
 
 
-def sweep(using: str, limit: int = KEYS_PER_READ) -> list[Admission]:
+def sweep(using: str, limit: int = SWEEP_KEYS) -> list[Admission]:
     """Admit runs of keys with waiting runs that are due, where nothing else is admitting
     right now (keys locked elsewhere are skipped): the safety net behind admission by the
     transactions that free slots. Call inside a transaction."""
@@ -197,22 +197,19 @@ def _lock(keys: Sequence[str], using: str, skip_locked: bool = False) -> dict[st
     if conn.features.has_select_for_update:
         lock = " FOR UPDATE SKIP LOCKED" if skip_locked else " FOR UPDATE"
     table = q(LimitKey._meta.db_table)
-    locked: dict[str, LimitKey] = {}
+    if conn.vendor == "postgresql":
+        # One seek per key, locked in the order given (sorted): a lateral subquery that
+        # locks is not flattened, so the planner cannot pick a scan instead.
+        sql = (f"SELECT l.* FROM unnest(%s::text[]) AS k(key) CROSS JOIN LATERAL "
+               f"(SELECT {shape.columns} FROM {table} WHERE {q('key')} = k.key{lock}) AS l")
+        params: list[Any] = [list(keys)]
+    else:  # the keys as one JSON parameter: the same text, prepared once
+        sql = (f"SELECT {shape.columns} FROM {table} WHERE {q('key')} IN "
+               f"(SELECT value FROM json_each(%s)){lock}")
+        params = [json.dumps(list(keys))]
     with conn.cursor() as cursor:
-        for chunk in _chunks(keys, conn):
-            if conn.vendor == "postgresql":
-                # One seek per key, locked in the order given (sorted): a lateral subquery
-                # that locks is not flattened, so the planner cannot pick a scan instead.
-                cursor.execute(f"SELECT l.* FROM unnest(%s::text[]) AS k(key) CROSS JOIN "
-                               f"LATERAL (SELECT {shape.columns} FROM {table} "
-                               f"WHERE {q('key')} = k.key{lock}) AS l", [list(chunk)])
-            else:
-                cursor.execute(f"SELECT {shape.columns} FROM {table} "
-                               f"WHERE {q('key')} IN ({', '.join(['%s'] * len(chunk))}) "
-                               f"ORDER BY {q('key')}{lock}", list(chunk))
-            locked.update((row.key, row) for row in raw.instances(LimitKey, cursor.fetchall(),
-                                                                  using))
-    return locked
+        cursor.execute(sql, params)
+        return {row.key: row for row in raw.instances(LimitKey, cursor.fetchall(), using)}
 
 
 def _update_figures(locked: dict[str, LimitKey], figures: dict[str, limits.Need],
@@ -223,14 +220,6 @@ def _update_figures(locked: dict[str, LimitKey], figures: dict[str, limits.Need]
         if (state.cap, state.rate, state.window) != (need.cap, need.rate, need.window):
             state.cap, state.rate, state.window = need.cap, need.rate, need.window
             state.save(using=using, update_fields=["cap", "rate", "window"])
-
-
-def _chunks(items: Sequence[str], conn: Any) -> Iterable[Sequence[str]]:
-    if conn.vendor == "postgresql":
-        yield items
-        return
-    for start in range(0, len(items), KEYS_PER_READ):
-        yield items[start:start + KEYS_PER_READ]
 
 
 def _gate(state: LimitKey) -> dt.datetime | None:
@@ -313,62 +302,104 @@ def held_sql(conn: Any) -> str:
 
 
 def hold(run_ids: Sequence[int], using: str) -> None:
-    """The admitted runs (those the caller could write) hold their keys now."""
+    """SQLite: the admitted runs (those the caller could write) hold their keys now (the
+    ids one JSON parameter: the same statement text, prepared once). PostgreSQL does
+    it in the admitting statement (:func:`held_sql`)."""
     if run_ids:
-        RunLimit.objects.using(using).filter(run_id__in=list(run_ids)).update(holding=True)
+        conn = connections[using]
+        with conn.cursor() as cursor:
+            cursor.execute(f"UPDATE {held_sql(conn)} WHERE {conn.ops.quote_name('run_id')} IN "
+                           "(SELECT value FROM json_each(%s))", [json.dumps(list(run_ids))])
 
 
 def _candidates(states: dict[str, LimitKey], using: str, now: dt.datetime,
                 waiting: bool = True, extra: int = 0) -> tuple[dict[str, int], list[_Candidate]]:
     """The free slots of each key and (``waiting``) the first ``cap + extra`` waiting due
     runs of each key with room, in priority then FIFO order per key, keys in order: one
-    read per chunk of keys (a UNION ALL of per-key index seeks; each key's row with a
-    NULL run id carries its holder count)."""
+    read of per-key index seeks (each key's row with a NULL run id carries its holder
+    count; SQLite: one more per further figure of ``cap + extra`` among the keys)."""
     conn = connections[using]
-    q = conn.ops.quote_name
-    table = q(RunLimit._meta.db_table)
     due_field = RunLimit._meta.get_field("due")
     when = due_field.get_db_prep_value(now, conn)
     converters = conn.ops.get_db_converters(due_field.get_col(RunLimit._meta.db_table))
+    keys = sorted(states)
+    limits_of = {key: states[key].cap + extra for key in keys}
+    reads = (_candidates_postgresql if conn.vendor == "postgresql" else _candidates_sqlite)(
+        conn, keys, limits_of if waiting else {}, when)
     free: dict[str, int] = {}
-    found: list[_Candidate] = []
-    held_sql = (f"SELECT COUNT(*) FROM {table}{_index(conn, HOLDING)} "
-                f"WHERE {q('key')} = %s AND {_holding_is(conn, True)}")
-    waiting_sql = (f"SELECT {q('key')}, {q('run_id')}, {q('due')}, {q('needs')} "
-                   f"FROM {table}{_index(conn, WAITING)} WHERE {q('key')} = %s "
-                   f"AND {_holding_is(conn, False)} AND {q('due')} <= %s "
-                   f"ORDER BY {q('priority')} DESC, {q('run_id')} LIMIT %s")
-    for chunk in _chunks(sorted(states), conn):
-        limits_of = [states[key].cap + extra for key in chunk]
-        if conn.vendor == "postgresql":  # one plan for any number of keys
-            sql = (f"SELECT k.key, NULL::bigint, NULL::timestamptz, ({held_sql % 'k.key'}) "
-                   "FROM unnest(%s::text[]) AS k(key)")
-            params: list[Any] = [list(chunk)]
-            if waiting:
-                sql += (" UNION ALL SELECT w.* FROM unnest(%s::text[], %s::int[]) AS k(key, n) "
-                        f"CROSS JOIN LATERAL ({waiting_sql % ('k.key', '%s', 'k.n')}) AS w")
-                params += [list(chunk), limits_of, when]
-        else:  # SQLite: per-key index seeks in one compound statement
-            parts = [f"SELECT %s, NULL, NULL, ({held_sql})"] * len(chunk)
-            params = [value for key in chunk for value in (key, key)]
-            if waiting:
-                parts += [f"SELECT * FROM ({waiting_sql})"] * len(chunk)
-                params += [value for key, limit in zip(chunk, limits_of, strict=True)
-                           for value in (key, when, limit)]
-            sql = " UNION ALL ".join(parts)
-        with conn.cursor() as cursor:
+    found: list[tuple[str, int, int, dt.datetime, int]] = []
+    with conn.cursor() as cursor:
+        for sql, params in reads:
             cursor.execute(sql, params)
-            rows = cursor.fetchall()
-        for key, run_id, due, number in rows:
-            if run_id is None:
-                free[key] = states[key].cap - number
-                continue
-            for convert in converters:
-                due = convert(due, due_field, conn)
-            found.append(_Candidate(key, run_id, due, number))
-    found = [c for c in found if free.get(c.key, 0) > 0]
-    found.sort(key=lambda c: c.key)  # stable: each key's runs stay in their order
-    return free, found
+            for key, run_id, due, number, priority in cursor.fetchall():
+                if run_id is None:
+                    free[key] = states[key].cap - number
+                    continue
+                for convert in converters:
+                    due = convert(due, due_field, conn)
+                found.append((key, -priority, run_id, due, number))
+    found.sort(key=lambda row: row[:3])
+    taken: dict[str, int] = {}
+    candidates: list[_Candidate] = []
+    for key, _, run_id, due, needs in found:
+        if free.get(key, 0) > 0 and taken.get(key, 0) < limits_of[key]:
+            taken[key] = taken.get(key, 0) + 1
+            candidates.append(_Candidate(key, run_id, due, needs))
+    return free, candidates
+
+
+def _held_sql(conn: Any, key: str) -> str:
+    q = conn.ops.quote_name
+    return (f"SELECT COUNT(*) FROM {q(RunLimit._meta.db_table)}{_index(conn, HOLDING)} "
+            f"WHERE {q('key')} = {key} AND {_holding_is(conn, True)}")
+
+
+def _waiting_sql(conn: Any, key: str, columns: str, limit: str) -> str:
+    q = conn.ops.quote_name
+    return (f"SELECT {columns} FROM {q(RunLimit._meta.db_table)}{_index(conn, WAITING)} "
+            f"WHERE {q('key')} = {key} AND {_holding_is(conn, False)} AND {q('due')} <= %s "
+            f"ORDER BY {q('priority')} DESC, {q('run_id')} LIMIT {limit}")
+
+
+def _candidates_postgresql(conn: Any, keys: list[str], limits_of: dict[str, int],
+                           when: Any) -> list[tuple[str, list[Any]]]:
+    """One statement, one plan for any number of keys: arrays, lateral seeks."""
+    q = conn.ops.quote_name
+    sql = (f"SELECT k.key, NULL::bigint, NULL::timestamptz, ({_held_sql(conn, 'k.key')}), "
+           "NULL::int FROM unnest(%s::text[]) AS k(key)")
+    params: list[Any] = [keys]
+    if limits_of:
+        columns = f"{q('key')}, {q('run_id')}, {q('due')}, {q('needs')}, {q('priority')}"
+        sql += (" UNION ALL SELECT w.* FROM unnest(%s::text[], %s::int[]) AS k(key, n) "
+                f"CROSS JOIN LATERAL ({_waiting_sql(conn, 'k.key', columns, 'k.n')}) AS w")
+        params += [keys, [limits_of[key] for key in keys], when]
+    return [(sql, params)]
+
+
+def _candidates_sqlite(conn: Any, keys: list[str], limits_of: dict[str, int],
+                       when: Any) -> list[tuple[str, list[Any]]]:
+    """The same text whatever the keys (the keys a JSON parameter: SQLite's statement
+    cache keeps it prepared), and one read per figure of the limit among the keys: a
+    LIMIT cannot name the outer row in SQLite. Its IN list returns the rows by id:
+    the caller puts them in order."""
+    q = conn.ops.quote_name
+    table = q(RunLimit._meta.db_table)
+    reads: list[tuple[str, list[Any]]] = []
+    held = (f"SELECT k.value, NULL, NULL, ({_held_sql(conn, 'k.value')}), NULL "
+            "FROM json_each(%s) AS k")
+    by_limit: dict[int, list[str]] = {}
+    for key in keys:
+        by_limit.setdefault(limits_of.get(key, 0), []).append(key)
+    for limit, group in sorted(by_limit.items()):
+        parts, params = ([held], [json.dumps(keys)]) if not reads else ([], [])
+        if limit:
+            parts.append(f"SELECT r.{q('key')}, r.{q('run_id')}, r.{q('due')}, r.{q('needs')}, "
+                         f"r.{q('priority')} FROM json_each(%s) AS k JOIN {table} AS r "
+                         f"ON r.{q('id')} IN ({_waiting_sql(conn, 'k.value', q('id'), '%s')})")
+            params += [json.dumps(group), when, limit]
+        if parts:
+            reads.append((" UNION ALL ".join(parts), params))
+    return reads
 
 
 def _holding_is(conn: Any, value: bool) -> str:
