@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -60,7 +61,27 @@ def table(results: dict[tuple[str, str], list[dict]], dbs: list[str],
                     cells.append(f"{ours:,.0f}" if ours else result.get("error", "-"))
                     cells.append(f"{ours / ref:.2f}" if ours and ref else "")
                 lines.append(f"| {db} | {index + 1} | {workload} | " + " | ".join(cells) + " |")
+    if len(results.get((dbs[0], "noop"), []) if dbs else []) > 1:
+        lines += ["", "Median ratio over the rounds (each round's limited figure ÷ its own noop):",
+                  "", "| db | workload | " + " | ".join(f"c{c} ÷ noop" for c in levels) + " |",
+                  "|---|---|" + "---|" * len(levels)]
+        for db in dbs:
+            for workload in WORKLOADS[1:]:
+                cells = [_median_ratio(results, db, workload, c) for c in levels]
+                lines.append(f"| {db} | {workload} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _median_ratio(results: dict[tuple[str, str], list[dict]], db: str, workload: str,
+                  level: str) -> str:
+    ratios = []
+    for base, result in zip(results.get((db, "noop"), []), results.get((db, workload), []),
+                            strict=False):
+        ours = result.get("phases", {}).get(level, {}).get("jobs_per_s")
+        ref = base.get("phases", {}).get(level, {}).get("jobs_per_s")
+        if ours and ref:
+            ratios.append(ours / ref)
+    return f"{statistics.median(ratios):.2f}" if ratios else "-"
 
 
 def main() -> None:
