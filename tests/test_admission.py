@@ -80,6 +80,17 @@ def test_an_admitted_run_the_same_settle_claims_gets_its_claim_event_only():
     assert events.last().data["progress"]["message"] == ""
 
 
+def test_one_settle_frees_keys_of_different_caps_and_admits_each_in_its_order():
+    # Two figures of cap in one admission: SQLite reads the candidates once per figure.
+    per_key = [tasks_live.start("per-key", key="a.com") for _ in range(5)]  # cap 2
+    exclusive = [tasks_live.start("exclusive", key="b.com") for _ in range(3)]  # cap 1
+    claimed = store.claim("w1", None, 10)
+    assert {r.pk for r in claimed} == {per_key[0].pk, per_key[1].pk, exclusive[0].pk}
+    finish(claimed)
+    assert [admitted(r) for r in per_key[2:]] == [True, True, False]
+    assert [admitted(r) for r in exclusive[1:]] == [True, False]
+
+
 def test_a_run_held_back_by_its_other_key_lets_the_run_behind_it_start():
     holder = tasks_live.start("site-one", key="k")
     tasks_live.start("site-wide", key="elsewhere")  # takes the whole group's one slot
