@@ -87,16 +87,23 @@ class Run(models.Model):
     # A key shared only while the run waits (unique and debounced tasks): a claim takes
     # the run out of tl_run_pending_key, so the next start creates a new run.
     pending_key = models.CharField(max_length=200, null=True, blank=True)
+    # The foreign keys below are mostly NULL. Their indexes leave NULL out (partial,
+    # Meta.indexes) instead of Django's full ones: PostgreSQL writes an entry in every
+    # index of a run at each claim, outcome and admission (none is a HOT update).
     # Chains and groups: the parent run and this run's place in it.
     parent = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children"
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children",
+        db_index=False,
     )
     position = models.PositiveIntegerField(null=True, blank=True)
     rerun_of = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="reruns"
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="reruns",
+        db_index=False,
     )
+    # Looked up through tl_run_one_per_fire_time (schedule, fire_time).
     schedule = models.ForeignKey(
-        "Schedule", null=True, blank=True, on_delete=models.SET_NULL, related_name="runs"
+        "Schedule", null=True, blank=True, on_delete=models.SET_NULL, related_name="runs",
+        db_index=False,
     )
     fire_time = models.DateTimeField(null=True, blank=True)
     owner = models.ForeignKey(
@@ -105,6 +112,7 @@ class Run(models.Model):
         blank=True,
         on_delete=models.SET_NULL,
         related_name="+",
+        db_index=False,
     )
 
     class Meta:
@@ -130,7 +138,14 @@ class Run(models.Model):
                 condition=Q(status__in=sorted(ACTIVE)),
                 name="tl_run_active_worker",
             ),
-            models.Index(fields=["finished_at"], name="tl_run_finished"),
+            # Pruning and rollups: finished runs by end time.
+            models.Index(fields=["finished_at"], condition=Q(finished_at__isnull=False),
+                         name="tl_run_finished"),
+            models.Index(fields=["parent"], condition=Q(parent__isnull=False),
+                         name="tl_run_parent"),
+            models.Index(fields=["rerun_of"], condition=Q(rerun_of__isnull=False),
+                         name="tl_run_rerun_of"),
+            models.Index(fields=["owner"], condition=Q(owner__isnull=False), name="tl_run_owner"),
             # The hand-over sweeper: waiting runs of other engines (builtin runs, the
             # bulk, are not in it, so their inserts and claims do not maintain it).
             models.Index(
