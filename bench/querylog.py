@@ -18,6 +18,7 @@ from typing import Any
 
 _counts: Counter[str] = Counter()
 _seconds: Counter[str] = Counter()
+_total = 0  # statements of this process (a dump every 50)
 _pid = 0
 _TABLE = re.compile(r'(?:FROM|INTO|UPDATE)\s+"?(\w+)"?', re.IGNORECASE)
 
@@ -38,9 +39,11 @@ def _dump() -> None:
 
 
 def _wrapper(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+    global _total
     kind = _kind(sql)
     _counts[kind] += 1
-    if _counts[kind] % 50 == 0:
+    _total += 1
+    if _total % 50 == 0:
         _dump()
     started = time.perf_counter()
     try:
@@ -51,11 +54,12 @@ def _wrapper(execute: Any, sql: str, params: Any, many: bool, context: Any) -> A
 
 def install(sender: Any, connection: Any, **kwargs: Any) -> None:
     """``connection_created`` receiver: count every statement of this connection."""
-    global _pid
+    global _pid, _total
     if _pid != os.getpid():
         _pid = os.getpid()
         _counts.clear()
         _seconds.clear()
+        _total = 0
         atexit.register(_dump)
     if _wrapper not in connection.execute_wrappers:
         connection.execute_wrappers.append(_wrapper)

@@ -22,7 +22,6 @@ writers at BEGIN), then takes the candidates' run rows and any other key they ne
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -206,7 +205,7 @@ def _lock(keys: Sequence[str], using: str, skip_locked: bool = False) -> dict[st
     else:  # the keys as one JSON parameter: the same text, prepared once
         sql = (f"SELECT {shape.columns} FROM {table} WHERE {q('key')} IN "
                f"(SELECT value FROM json_each(%s)){lock}")
-        params = [json.dumps(list(keys))]
+        params = [raw.json_param(list(keys))]
     with conn.cursor() as cursor:
         cursor.execute(sql, params)
         return {row.key: row for row in raw.instances(LimitKey, cursor.fetchall(), using)}
@@ -309,7 +308,7 @@ def hold(run_ids: Sequence[int], using: str) -> None:
         conn = connections[using]
         with conn.cursor() as cursor:
             cursor.execute(f"UPDATE {held_sql(conn)} WHERE {conn.ops.quote_name('run_id')} IN "
-                           "(SELECT value FROM json_each(%s))", [json.dumps(list(run_ids))])
+                           "(SELECT value FROM json_each(%s))", [raw.json_param(list(run_ids))])
 
 
 def _candidates(states: dict[str, LimitKey], using: str, now: dt.datetime,
@@ -391,12 +390,13 @@ def _candidates_sqlite(conn: Any, keys: list[str], limits_of: dict[str, int],
     for key in keys:
         by_limit.setdefault(limits_of.get(key, 0), []).append(key)
     for limit, group in sorted(by_limit.items()):
-        parts, params = ([held], [json.dumps(keys)]) if not reads else ([], [])
+        # The holder counts travel with the first read.
+        parts, params = ([held], [raw.json_param(keys)]) if not reads else ([], [])
         if limit:
             parts.append(f"SELECT r.{q('key')}, r.{q('run_id')}, r.{q('due')}, r.{q('needs')}, "
                          f"r.{q('priority')} FROM json_each(%s) AS k JOIN {table} AS r "
                          f"ON r.{q('id')} IN ({_waiting_sql(conn, 'k.value', q('id'), '%s')})")
-            params += [json.dumps(group), when, limit]
+            params += [raw.json_param(group), when, limit]
         if parts:
             reads.append((" UNION ALL ".join(parts), params))
     return reads

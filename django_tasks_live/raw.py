@@ -1,10 +1,12 @@
-"""Model instances from raw rows, converted the way the ORM converts them but without a
-queryset's per-row machinery: for the hot paths that read or write rows in raw SQL
-(a claim's or an admission's ``RETURNING``, a key lock's ``FOR UPDATE``)."""
+"""For the hot paths that read or write rows in raw SQL (a claim's or an admission's
+``RETURNING``, a key lock's ``FOR UPDATE``, batched writes): model instances from raw
+rows, converted the way the ORM converts them but without a queryset's per-row
+machinery, and the one JSON parameter a batched statement takes."""
 
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +14,12 @@ from typing import Any
 from django.db import connections
 from django.db.models import Model, signals
 from django.db.models.base import ModelState
+
+
+def json_param(value: Any) -> str:
+    """``value`` as the one JSON parameter of a batched statement (compact text): rows,
+    keys or ids that the database unpacks (``json_each``, ``jsonb_to_recordset``)."""
+    return json.dumps(value, separators=(",", ":"))
 
 
 @dataclass(frozen=True)

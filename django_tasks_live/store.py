@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import itertools
-import json
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -165,7 +164,7 @@ def _admit_rows(admitted: Sequence[admission.Admission], using: str) -> list[Run
                f"AND locked.{q('run_after')} = %s RETURNING {columns}), "
                f"held AS (UPDATE {admission.held_sql(conn)} "
                f"WHERE {q('run_id')} IN (SELECT {q('id')} FROM admitted)) SELECT * FROM admitted")
-        params = [[a.run_id for a in admitted], now, _json_param(data), waiting]
+        params = [[a.run_id for a in admitted], now, raw.json_param(data), waiting]
     else:
         # SQLite serializes writers (no row to skip). The admissions are materialized
         # first so that they drive the join (one primary-key seek each): joined as they
@@ -176,7 +175,7 @@ def _admit_rows(admitted: Sequence[admission.Admission], using: str) -> list[Run
                f"UPDATE {table} SET {sets} FROM x WHERE {table}.{q('id')} = x.x_id "
                f"AND {q('status')} IN ({statuses}) AND {q('run_after')} = %s "
                f"RETURNING {shape.columns}")
-        params = [_json_param(data), now, waiting]
+        params = [raw.json_param(data), now, waiting]
     with conn.cursor() as cursor:
         cursor.execute(sql, params)
         return raw.instances(Run, cursor.fetchall(), using, Run.STATE_FIELDS)
@@ -227,7 +226,7 @@ def _insert_rows(model: Any, rows: Sequence[dict[str, Any]], using: str) -> list
     conn = connections[using]
     sql = f"{_insert_sql(model, list(rows[0]), conn)} RETURNING {conn.ops.quote_name('id')}"
     with conn.cursor() as cursor:
-        cursor.execute(sql, [_json_param(rows)])
+        cursor.execute(sql, [raw.json_param(rows)])
         return [row[0] for row in cursor.fetchall()]
 
 
@@ -244,11 +243,6 @@ def _insert_sql(model: Any, columns: Sequence[str], conn: Any) -> str:
         picks = ", ".join(f"json_extract(value, '$.{c}')" for c in columns)
         select = f"SELECT {picks} FROM json_each(%s) ORDER BY key"
     return f"INSERT INTO {table} ({names}) {select}"
-
-
-def _json_param(value: Any) -> str:
-    """``value`` as the one JSON parameter of a batched statement (compact text)."""
-    return json.dumps(value, separators=(",", ":"))
 
 
 def _json_datetime(value: dt.datetime | None, conn: Any) -> str | None:
@@ -353,7 +347,7 @@ def _insert_runs_with_events(created: Sequence[Run], using: str) -> None:
         f"RETURNING {q('run_id')}, {q('id')}"
     )
     with conn.cursor() as cursor:
-        cursor.execute(sql, [_json_param(run_rows), _json_param(event_rows)])
+        cursor.execute(sql, [raw.json_param(run_rows), raw.json_param(event_rows)])
         event_of = dict(cursor.fetchall())
     _set_ids(created, sorted(event_of), using)
     for run, state in zip(created, states, strict=True):
@@ -1046,7 +1040,7 @@ def _update_rows(
         sql = (f"UPDATE {table} SET {sets} "
                f"FROM jsonb_populate_recordset(NULL::{table}, %s::jsonb) AS x "
                f"WHERE {table}.{quote('id')} = x.{quote('id')}")
-        params = [_json_param(data)]
+        params = [raw.json_param(data)]
         if guard_worker is not None:
             status = quote("status")
             sql += (f" AND {table}.{quote('worker_id')} = %s AND (x.{status}, {table}.{status}) "
